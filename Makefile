@@ -1,0 +1,57 @@
+# Two commands, each doing its own set-up from nothing:
+#   make book   build the book into _build/html, executing every notebook (budget: $COMPANION_BUDGET, default book)
+#   make test   unit tests, then nbval over every notebook at the quick budget
+#
+# Variables: PYTHON (an interpreter >= 3.10), TORCH (the torch requirement installed first; on a
+# machine with a CUDA GPU use e.g. TORCH=torch to take PyPI's default build).
+
+PYTHON ?= python3
+TORCH ?= torch==2.13.0
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+COMPANION_BUDGET ?= book
+BOOK_DIR ?= .
+export COMPANION_BUDGET
+
+# The execution cache is keyed by notebook content, not by budget: each budget other than the
+# default builds under its own folder, so a quick build is never served as the book.
+ifeq ($(COMPANION_BUDGET),book)
+BOOK_OUT := .
+else
+BOOK_OUT := _build/budget-$(COMPANION_BUDGET)
+endif
+
+.PHONY: book test setup lint sync-links record-notebook-outputs clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e ".[book,test,dev]"
+	touch $(STAMP)
+
+book: $(STAMP)
+	TQDM_DISABLE=1 $(BIN)/jupyter-book build $(BOOK_DIR) --path-output $(BOOK_OUT) -W -n --keep-going
+	@echo "book: $(BOOK_OUT)/_build/html/index.html (budget $(COMPANION_BUDGET))"
+
+test: $(STAMP)
+	COMPANION_BUDGET=quick $(BIN)/python tools/nbval_outputs.py merge
+	COMPANION_BUDGET=quick $(BIN)/python -m pytest tests notebooks/.nbval.*.ipynb --nbval-lax \
+		--nbval-sanitize-with tests/notebooks/sanitize.cfg -p no:cacheprovider
+
+lint: $(STAMP)
+	$(BIN)/ruff check companion tests tools
+
+# Rewrite the repository URL and version (from _config.yml and companion/__init__.py) wherever they are copied.
+sync-links: $(STAMP)
+	$(BIN)/python tools/sync_links.py
+
+# Execute the notebooks at the quick budget and store the outputs of their `# NBVAL_CHECK_OUTPUT` cells.
+record-notebook-outputs: $(STAMP)
+	COMPANION_BUDGET=quick $(BIN)/python tools/nbval_outputs.py record
+
+clean:
+	rm -rf _build

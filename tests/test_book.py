@@ -1,0 +1,62 @@
+"""The book's configuration, and proof that a failing notebook cell fails `make book`."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_config_makes_errors_fatal_and_caches_execution():
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    execute = config["execute"]
+    assert execute["raise_on_error"] is True and execute["allow_errors"] is False
+    assert execute["execute_notebooks"] == "cache" and execute["timeout"] > 0
+    assert config["launch_buttons"]["colab_url"] == "https://colab.research.google.com"
+    assert config["repository"]["url"].startswith("https://github.com/")
+    for bib in config["bibtex_bibfiles"]:
+        assert (ROOT / bib).exists()
+    makefile = (ROOT / "Makefile").read_text()
+    assert "-W -n --keep-going" in makefile
+
+
+def _scratch_book(tmp_path: Path, failing: bool) -> Path:
+    book = tmp_path / ("bad" if failing else "good")
+    (book / "book").mkdir(parents=True)
+    (book / "notebooks").mkdir()
+    shutil.copy(ROOT / "_config.yml", book / "_config.yml")  # the real configuration
+    shutil.copy(ROOT / "book" / "references.bib", book / "book" / "references.bib")
+    (book / "_toc.yml").write_text("format: jb-book\nroot: book/intro\nchapters:\n  - file: notebooks/page\n")
+    (book / "book" / "intro.md").write_text("# Scratch\n\nA scratch book.\n")
+    code = 'raise RuntimeError("deliberate failure")' if failing else "print(1 + 1)"
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# Page"), nbformat.v4.new_code_cell(code)])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, book / "notebooks" / "page.ipynb")
+    return book
+
+
+def _make_book(book: Path) -> subprocess.CompletedProcess:
+    stamp = book / "installed"  # stands in for .venv/.installed: use the interpreter running the tests
+    stamp.touch()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAKE")}
+    return subprocess.run(
+        ["make", "--no-print-directory", "-C", str(ROOT), "book", f"BOOK_DIR={book}", f"BOOK_OUT={book / 'out'}",
+         f"BIN={Path(sys.executable).parent}", f"STAMP={stamp}"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+
+
+@pytest.mark.slow
+def test_make_book_fails_on_a_failing_cell_and_passes_without_it(tmp_path):
+    good = _make_book(_scratch_book(tmp_path, failing=False))
+    assert good.returncode == 0, good.stdout[-3000:] + good.stderr[-3000:]
+    assert (tmp_path / "good" / "out" / "_build" / "html" / "notebooks" / "page.html").exists()
+    bad = _make_book(_scratch_book(tmp_path, failing=True))
+    assert bad.returncode != 0, "a notebook with a failing cell was built without error"
+    assert "deliberate failure" in bad.stdout + bad.stderr
