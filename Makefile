@@ -33,8 +33,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[book,test,dev]"
 	touch $(STAMP)
 
+# Jupyter Book's execution cache is keyed by notebook content alone: a change in companion/ or
+# results/ would be served stale outputs. The cache is dropped when their fingerprint changes.
+FINGERPRINT = find companion results -type f \( -name '*.py' -o -name '*.csv' -o -name '*.json' \) \
+	2>/dev/null | LC_ALL=C sort | xargs cat 2>/dev/null | sha1sum | cut -c1-16
+
 book: $(STAMP)
+	@fp=$$($(FINGERPRINT)); mark=$(BOOK_OUT)/_build/.companion-fingerprint; \
+	if [ "$$(cat $$mark 2>/dev/null)" != "$$fp" ]; then rm -rf $(BOOK_OUT)/_build/.jupyter_cache; fi
 	TQDM_DISABLE=1 $(BIN)/jupyter-book build $(BOOK_DIR) --path-output $(BOOK_OUT) -W -n --keep-going
+	@$(FINGERPRINT) > $(BOOK_OUT)/_build/.companion-fingerprint
 	@echo "book: $(BOOK_OUT)/_build/html/index.html (budget $(COMPANION_BUDGET))"
 
 test: $(STAMP)

@@ -83,9 +83,12 @@ def check_envs(env_ids: tuple[str, ...] = CHECK_ENVS) -> list[EnvCheck]:
 
 def format_table(rows: list[list[str]], header: list[str]) -> str:
     """Format rows of strings as a plain-text table with aligned columns."""
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
-    return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=True)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(str(cell).ljust(width) for cell, width in zip(cells, widths, strict=True)).rstrip()
+
+    return "\n".join([line(header), line(["-" * width for width in widths]), *(line(row) for row in rows)])
 
 
 def env_table(checks: list[EnvCheck]) -> str:

@@ -86,7 +86,10 @@ def record(names: list[str], timeout: int = 600) -> None:
         if names and path.stem not in names and path.name not in names:
             continue
         nb = nbformat.read(path, as_version=4)
-        NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
+        # Run from notebooks/, as the book build does.
+        client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                                resources={"metadata": {"path": str(NOTEBOOKS)}})
+        client.execute()
         expected = {cell.id: _clean(cell.outputs) for cell in checked_cells(nb)}
         target = EXPECTED / f"{path.stem}.json"
         if expected:
