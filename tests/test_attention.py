@@ -1,0 +1,311 @@
+"""companion.attention against PyTorch's implementations, plus its invariants."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from companion.attention import (
+    AdditiveAttention,
+    LearnedPositionalEmbedding,
+    MultiHeadAttention,
+    SinusoidalPositionalEncoding,
+    causal_mask,
+    masked_softmax,
+    padding_mask,
+    scaled_dot_product_attention,
+    sinusoidal_positional_encoding,
+)
+
+TOL = {torch.float32: dict(atol=1e-6, rtol=1e-5), torch.float64: dict(atol=1e-12, rtol=1e-10)}
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def _mask(kind: str, shape_ls: tuple[int, int], dtype: torch.dtype, batch: tuple[int, ...] = ()) -> torch.Tensor | None:
+    L, S = shape_ls
+    if kind == "none":
+        return None
+    if kind == "causal":
+        return causal_mask(L) if L == S else torch.ones(L, S, dtype=torch.bool).tril(S - L)
+    allowed = torch.rand(*batch, L, S) > 0.4
+    allowed[..., 0] = True  # every query keeps at least one key (PyTorch's reference has no rule otherwise)
+    if kind == "bool":
+        return allowed
+    return torch.zeros(*batch, L, S, dtype=dtype).masked_fill(~allowed, float("-inf")) + 0.1 * torch.randn(
+        *batch, L, S, dtype=dtype).masked_fill(~allowed, 0.0)  # "additive": -inf plus a finite bias
+
+
+# ---------------------------------------------------------------------------------------------------
+# scaled_dot_product_attention
+# ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("mask_kind", ["none", "bool", "additive", "causal"])
+@pytest.mark.parametrize(
+    ("q_shape", "k_shape", "v_shape"),
+    [
+        ((5, 8), (7, 8), (7, 3)),  # no batch dims
+        ((2, 5, 8), (2, 7, 8), (2, 7, 4)),  # (B, L, d)
+        ((2, 4, 6, 8), (1, 4, 6, 8), (2, 1, 6, 5)),  # broadcast batch and head dims
+    ],
+)
+def test_sdpa_equals_torch(dtype, mask_kind, q_shape, k_shape, v_shape):
+    q, k, v = (torch.randn(s, dtype=dtype) for s in (q_shape, k_shape, v_shape))
+    mask = _mask(mask_kind, (q_shape[-2], k_shape[-2]), dtype, batch=q_shape[:-2][-1:])
+    out, weights = scaled_dot_product_attention(q, k, v, mask)
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    torch.testing.assert_close(out, expected, **TOL[dtype])
+    assert weights.shape == (*torch.broadcast_shapes(q_shape[:-2], k_shape[:-2]), q_shape[-2], k_shape[-2])
+
+
+@pytest.mark.parametrize("scale", [0.5, 1.0, 3.0])
+def test_sdpa_custom_scale_equals_torch(scale):
+    q, k, v = torch.randn(2, 5, 8, dtype=torch.float64), torch.randn(2, 6, 8, dtype=torch.float64), torch.randn(
+        2, 6, 3, dtype=torch.float64)
+    out, _ = scaled_dot_product_attention(q, k, v, scale=scale)
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, scale=scale), **TOL[torch.float64])
+
+
+def test_weights_are_a_distribution_and_masked_weights_are_exactly_zero():
+    q, k, v = torch.randn(3, 5, 8), torch.randn(3, 9, 8), torch.randn(3, 9, 4)
+    mask = _mask("bool", (5, 9), torch.float32, batch=(3,))
+    _, weights = scaled_dot_product_attention(q, k, v, mask)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(3, 5))
+    assert (weights[~mask] == 0).all()
+    assert (weights[mask] > 0).all()
+
+
+def test_fully_masked_query_row_is_zero_without_nan_in_value_or_gradient():
+    q = torch.randn(2, 4, 8, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(2, 6, 8, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(2, 6, 3, dtype=torch.float64, requires_grad=True)
+    mask = torch.ones(2, 4, 6, dtype=torch.bool)
+    mask[0, 1] = False  # query 1 of batch 0 may attend to nothing
+    for m in (mask, torch.zeros(mask.shape, dtype=torch.float64).masked_fill(~mask, float("-inf"))):
+        out, weights = scaled_dot_product_attention(q, k, v, m)
+        assert torch.equal(weights[0, 1], torch.zeros(6, dtype=torch.float64))
+        assert torch.equal(out[0, 1], torch.zeros(3, dtype=torch.float64))
+        out.sum().backward()
+        for tensor in (q, k, v):
+            assert torch.isfinite(tensor.grad).all()
+        assert torch.equal(q.grad[0, 1], torch.zeros(8, dtype=torch.float64))
+        q.grad = k.grad = v.grad = None
+
+
+def test_sdpa_gradcheck_float64():
+    q = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(2, 5, 4, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(2, 5, 2, dtype=torch.float64, requires_grad=True)
+    mask = _mask("bool", (3, 5), torch.float64, batch=(2,))
+    mask[1, 2] = False  # include a fully masked row
+    assert torch.autograd.gradcheck(lambda q, k, v: scaled_dot_product_attention(q, k, v, mask)[0], (q, k, v))
+
+
+def test_sdpa_shape_errors_say_what_was_expected_and_what_came():
+    q, k, v = torch.randn(2, 5, 8), torch.randn(2, 7, 8), torch.randn(2, 7, 4)
+    with pytest.raises(ValueError, match=r"must share d_k; got query \(2, 5, 8\) and key \(2, 7, 16\)"):
+        scaled_dot_product_attention(q, torch.randn(2, 7, 16), v)
+    with pytest.raises(ValueError, match=r"must share S; got key \(2, 7, 8\) and value \(2, 6, 4\)"):
+        scaled_dot_product_attention(q, k, torch.randn(2, 6, 4))
+    with pytest.raises(ValueError, match=r"mask of shape \(5, 6\) does not broadcast to the scores .* \(2, 5, 7\)"):
+        scaled_dot_product_attention(q, k, v, torch.ones(5, 6, dtype=torch.bool))
+    with pytest.raises(ValueError, match="do not broadcast"):
+        scaled_dot_product_attention(q, torch.randn(3, 7, 8), torch.randn(3, 7, 4))
+    with pytest.raises(ValueError, match="at least 2 dims"):
+        scaled_dot_product_attention(torch.randn(8), k, v)
+
+
+def test_masked_softmax_without_mask_is_softmax():
+    scores = torch.randn(4, 5, 6)
+    torch.testing.assert_close(masked_softmax(scores), torch.softmax(scores, -1))
+
+
+# ---------------------------------------------------------------------------------------------------
+# MultiHeadAttention
+# ---------------------------------------------------------------------------------------------------
+def _torch_and_ours(embed_dim=16, num_heads=4, kdim=None, vdim=None, bias=True, dtype=torch.float64):
+    reference = nn.MultiheadAttention(embed_dim, num_heads, kdim=kdim, vdim=vdim, bias=bias, batch_first=True)
+    reference = reference.to(dtype)
+    return reference, MultiHeadAttention.from_torch(reference)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("need_weights", [True, False])
+@pytest.mark.parametrize(("kdim", "vdim", "bias"), [(None, None, True), (12, 20, True), (12, 20, False)])
+def test_mha_equals_torch_with_key_padding(dtype, need_weights, kdim, vdim, bias):
+    reference, ours = _torch_and_ours(kdim=kdim, vdim=vdim, bias=bias, dtype=dtype)
+    B, L, S = 3, 5, 7
+    query = torch.randn(B, L, 16, dtype=dtype)
+    key, value = torch.randn(B, S, kdim or 16, dtype=dtype), torch.randn(B, S, vdim or 16, dtype=dtype)
+    valid = padding_mask([7, 4, 1], S)  # (B, S), True = real token
+    expected, expected_weights = reference(query, key, value, key_padding_mask=~valid,  # torch: True = ignore
+                                           need_weights=True, average_attn_weights=False)
+    out, weights = ours(query, key, value, mask=valid[:, None, None, :], need_weights=need_weights)
+    torch.testing.assert_close(out, expected, **TOL[dtype])
+    if need_weights:
+        torch.testing.assert_close(weights, expected_weights, **TOL[dtype])
+    else:
+        assert weights is None
+
+
+@pytest.mark.parametrize("need_weights", [True, False])
+def test_mha_causal_self_attention_equals_torch_and_gradients_match(need_weights):
+    reference, ours = _torch_and_ours()
+    x = torch.randn(2, 6, 16, dtype=torch.float64, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_()
+    # nn.MultiheadAttention's boolean attn_mask means "not allowed": the opposite of ours.
+    expected, _ = reference(x_ref, x_ref, x_ref, attn_mask=~causal_mask(6), need_weights=False)
+    out, _ = ours(x, x, x, mask=causal_mask(6), need_weights=need_weights)
+    torch.testing.assert_close(out, expected, **TOL[torch.float64])
+    out.square().sum().backward()
+    expected.square().sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad, **TOL[torch.float64])
+    torch.testing.assert_close(ours.out_proj.weight.grad, reference.out_proj.weight.grad, **TOL[torch.float64])
+
+
+def test_mha_fast_and_manual_paths_agree_with_an_additive_mask_and_a_fully_masked_row():
+    mha = MultiHeadAttention(16, 4).double()
+    x = torch.randn(2, 5, 16, dtype=torch.float64)
+    mask = torch.randn(2, 4, 5, 5, dtype=torch.float64)
+    mask[1, 2, 3] = float("-inf")  # batch 1, head 2, query 3 sees nothing
+    fast, _ = mha(x, x, x, mask)
+    manual, weights = mha(x, x, x, mask, need_weights=True)
+    torch.testing.assert_close(fast, manual, **TOL[torch.float64])
+    assert torch.equal(weights[1, 2, 3], torch.zeros(5, dtype=torch.float64))
+    fully = torch.ones(2, 1, 1, 5, dtype=torch.bool)
+    fully[0] = False  # every query of batch 0 sees nothing: the output is the projection's bias
+    for need_weights in (False, True):
+        out, _ = mha(x, x, x, fully, need_weights=need_weights)
+        torch.testing.assert_close(out[0], mha.out_proj.bias.expand(5, 16))
+
+
+def test_mha_gradcheck_float64():
+    mha = MultiHeadAttention(8, 2, kdim=6, vdim=4).double()
+    query = torch.randn(2, 3, 8, dtype=torch.float64, requires_grad=True)
+    key = torch.randn(2, 4, 6, dtype=torch.float64, requires_grad=True)
+    value = torch.randn(2, 4, 4, dtype=torch.float64, requires_grad=True)
+    mask = padding_mask([4, 2], 4)[:, None, None, :]
+    for need_weights in (True, False):
+        assert torch.autograd.gradcheck(lambda q, k, v, nw=need_weights: mha(q, k, v, mask, need_weights=nw)[0],
+                                        (query, key, value))
+
+
+def test_mha_dropout_only_in_training():
+    mha = MultiHeadAttention(16, 4, dropout=0.5)
+    x = torch.randn(2, 5, 16)
+    mha.eval()
+    torch.testing.assert_close(mha(x, x, x)[0], mha(x, x, x, need_weights=True)[0])
+    mha.train()
+    assert not torch.allclose(mha(x, x, x)[0], mha(x, x, x)[0])
+
+
+def test_self_attention_is_permutation_equivariant_without_positions_and_not_with_them():
+    mha = MultiHeadAttention(16, 4).double()
+    x = torch.randn(2, 7, 16, dtype=torch.float64)
+    perm = torch.randperm(7)
+    out, _ = mha(x, x, x)
+    out_perm, _ = mha(x[:, perm], x[:, perm], x[:, perm])
+    torch.testing.assert_close(out_perm, out[:, perm], **TOL[torch.float64])
+    positions = SinusoidalPositionalEncoding(7, 16).double()
+    y, y_perm = positions(x), positions(x[:, perm])
+    out, _ = mha(y, y, y)
+    out_perm, _ = mha(y_perm, y_perm, y_perm)
+    assert (out_perm - out[:, perm]).abs().max() > 1e-3
+
+
+def test_mha_errors():
+    with pytest.raises(ValueError, match="multiple of num_heads"):
+        MultiHeadAttention(10, 4)
+    mha = MultiHeadAttention(16, 4, kdim=12)
+    q = torch.randn(2, 5, 16)
+    with pytest.raises(ValueError, match=r"key must be \(B, len, kdim=12\) \(batch first\); got shape \(2, 7, 16\)"):
+        mha(q, torch.randn(2, 7, 16), torch.randn(2, 7, 16))
+    with pytest.raises(ValueError, match=r"query must be \(B, len, E=16\)"):
+        mha(torch.randn(5, 16), torch.randn(2, 7, 12), torch.randn(2, 7, 16))
+    with pytest.raises(ValueError, match=r"mask of shape \(2, 7\) does not broadcast .* \(2, 4, 5, 7\)"):
+        mha(q, torch.randn(2, 7, 12), torch.randn(2, 7, 16), mask=torch.ones(2, 7, dtype=torch.bool))
+    with pytest.raises(ValueError, match="batch_first=True"):
+        MultiHeadAttention.from_torch(nn.MultiheadAttention(16, 4))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Additive attention
+# ---------------------------------------------------------------------------------------------------
+def test_additive_attention_matches_the_formula_written_as_loops():
+    att = AdditiveAttention(query_dim=5, key_dim=3, hidden_dim=4).double()
+    q, k, v = torch.randn(2, 5, dtype=torch.float64), torch.randn(6, 3, dtype=torch.float64), torch.randn(
+        6, 2, dtype=torch.float64)
+    out, weights = att(q, k, v)
+    for i in range(2):
+        scores = torch.stack([att.w_score(torch.tanh(att.w_query(q[i]) + att.w_key(k[j]))).squeeze()
+                              for j in range(6)])
+        expected = torch.softmax(scores, 0)
+        torch.testing.assert_close(weights[i], expected)
+        torch.testing.assert_close(out[i], expected @ v)
+
+
+def test_additive_attention_batched_masked_and_gradcheck():
+    att = AdditiveAttention(8, 6, 5).double()
+    h = torch.randn(4, 1, 8, dtype=torch.float64, requires_grad=True)  # DARQN-like: one query per step
+    locations = torch.randn(4, 49, 6, dtype=torch.float64, requires_grad=True)  # 7x7 locations
+    mask = torch.ones(4, 1, 49, dtype=torch.bool)
+    mask[0, :, 10:] = False
+    out, weights = att(h, locations, locations, mask)
+    assert out.shape == (4, 1, 6) and weights.shape == (4, 1, 49)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(4, 1, dtype=torch.float64))
+    assert (weights[0, 0, 10:] == 0).all()
+    assert torch.autograd.gradcheck(lambda h, x: att(h, x, x, mask)[0], (h, locations))
+    with pytest.raises(ValueError, match=r"expected query \(\.\.\., L, 8\)"):
+        att(torch.randn(4, 1, 7), locations, locations)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Masks and positions
+# ---------------------------------------------------------------------------------------------------
+def test_causal_and_padding_masks():
+    assert torch.equal(causal_mask(3), torch.tensor([[1, 0, 0], [1, 1, 0], [1, 1, 1]], dtype=torch.bool))
+    assert torch.equal(padding_mask([2, 0, 3], 4), torch.tensor([[1, 1, 0, 0], [0, 0, 0, 0], [1, 1, 1, 0]]).bool())
+    assert padding_mask(torch.tensor([1, 3])).shape == (2, 3)
+    with pytest.raises(ValueError, match="lengths must lie in"):
+        padding_mask([5], 4)
+    with pytest.raises(ValueError, match="length must be >= 1"):
+        causal_mask(0)
+
+
+def test_causal_attention_does_not_look_ahead():
+    mha = MultiHeadAttention(16, 4).double()
+    x = torch.randn(1, 6, 16, dtype=torch.float64)
+    changed = x.clone()
+    changed[:, 4:] = torch.randn(1, 2, 16, dtype=torch.float64)  # change the future of position 3
+    for need_weights in (False, True):
+        out, _ = mha(x, x, x, causal_mask(6), need_weights=need_weights)
+        out_changed, _ = mha(changed, changed, changed, causal_mask(6), need_weights=need_weights)
+        torch.testing.assert_close(out[:, :4], out_changed[:, :4], **TOL[torch.float64])
+
+
+def test_sinusoidal_encoding_values():
+    pe = sinusoidal_positional_encoding(50, 16)
+    assert pe.shape == (50, 16)
+    torch.testing.assert_close(pe[0], torch.tensor([0.0, 1.0] * 8))
+    p, i = 7, 3
+    torch.testing.assert_close(pe[p, 2 * i], torch.tensor(math.sin(p / 10_000 ** (2 * i / 16))))
+    torch.testing.assert_close(pe[p, 2 * i + 1], torch.tensor(math.cos(p / 10_000 ** (2 * i / 16))))
+    odd = sinusoidal_positional_encoding(5, 7)
+    assert odd.shape == (5, 7)
+    torch.testing.assert_close(odd[:, 6], torch.sin(torch.arange(5.0) / 10_000 ** (6 / 7)))
+    assert pe.abs().max() <= 1.0
+
+
+def test_positional_modules_add_positions_and_check_length():
+    x = torch.zeros(2, 5, 8)
+    torch.testing.assert_close(SinusoidalPositionalEncoding(10, 8)(x)[0], sinusoidal_positional_encoding(5, 8))
+    learned = LearnedPositionalEmbedding(10, 8)
+    torch.testing.assert_close(learned(x)[1], learned.embedding[:5].detach())
+    assert sum(p.numel() for p in learned.parameters()) == 80
+    with pytest.raises(ValueError, match=r"expected \(\.\.\., L <= 4, 8\); got \(2, 5, 8\)"):
+        LearnedPositionalEmbedding(4, 8)(x)
