@@ -93,12 +93,12 @@ def masked_softmax(scores: Tensor, mask: Tensor | None = None) -> Tensor:
         Weights ``(..., L, S)``: each row sums to 1, masked entries are exactly 0, and a row whose keys
         are all masked is all zeros (not NaN), with zero gradient.
     """
-    if mask is not None:
-        if mask.dtype == torch.bool:
-            scores = scores.masked_fill(~mask, float("-inf"))
-        else:
-            scores = scores + mask
+    if mask is None:
+        return torch.softmax(scores, dim=-1)
+    scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
     fully_masked = torch.isneginf(scores).all(dim=-1, keepdim=True)  # (..., L, 1)
+    if not fully_masked.any():
+        return torch.softmax(scores, dim=-1)
     # Give such rows finite logits before the softmax, so that neither its value nor its gradient is NaN.
     weights = torch.softmax(scores.masked_fill(fully_masked, 0.0), dim=-1)
     return weights.masked_fill(fully_masked, 0.0)
