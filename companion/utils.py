@@ -87,6 +87,6 @@ def progress(iterable: Iterable[T] | None = None, *, total: int | None = None, d
     """
     kwargs.setdefault("mininterval", 0.25)
     kwargs.setdefault("dynamic_ncols", True)
-    if disable is None and os.environ.get("TQDM_DISABLE", "").strip().lower() in {"1", "true", "yes"}:
-        disable = True
+    if os.environ.get("TQDM_DISABLE", "").strip().lower() in {"1", "true", "yes"}:
+        disable = True  # the environment wins: the book build turns every bar off
     return tqdm(iterable, total=total, desc=desc, disable=bool(disable), **kwargs)

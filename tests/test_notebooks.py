@@ -56,3 +56,17 @@ def test_toc_and_notebooks_agree():
 
 def test_repository_url_and_version_copies_are_in_sync():
     assert sync(check=True) == [], "run `make sync-links`"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_code_lines_fit_the_book_column(path):
+    # The book's code blocks show about 79 characters before a reader must scroll sideways.
+    nb = nbformat.read(path, as_version=4)
+    long_lines = [
+        f"cell {i}: {line}"
+        for i, cell in enumerate(nb.cells)
+        if cell.cell_type == "code" and "remove-cell" not in cell.metadata.get("tags", [])
+        for line in cell.source.splitlines()
+        if len(line) > 79
+    ]
+    assert not long_lines, "\n".join(long_lines)

@@ -63,6 +63,7 @@ def test_progress_iterates_and_can_be_disabled(monkeypatch):
     monkeypatch.setenv("TQDM_DISABLE", "1")
     bar = progress(total=10)
     assert bar.disable
+    assert progress(total=10, disable=False).disable  # the environment wins over the caller
     bar.update(10)
     bar.close()
     monkeypatch.delenv("TQDM_DISABLE")
