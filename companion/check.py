@@ -63,7 +63,7 @@ def versions() -> dict[str, str]:
 def check_env(env_id: str, seed: int = 0) -> EnvCheck:
     """Reset ``env_id`` with ``seed``, take action 0 once, and report the observation it gives."""
     try:
-        env = make_env(env_id)
+        env = make_env(env_id, preprocess=False)
         obs, _ = env.reset(seed=seed)
         start = time.perf_counter()
         obs, reward, _terminated, _truncated, _ = env.step(0)

@@ -1,4 +1,4 @@
-"""Environments: one place that registers every env family the course uses.
+"""Environments: registration, the course's preprocessing, and partial-observability wrappers.
 
 gymnasium 1.x loads no plugins by itself, so ALE ids (``ALE/Seaquest-v5``) resolve only after
 ``import ale_py``, MinAtar ids (``MinAtar/Breakout-v1``) only after ``minatar.gym.register_envs()``,
@@ -6,23 +6,64 @@ and popgym ids (``popgym-RepeatPreviousEasy-v0``) only after ``import popgym``. 
 does all three once, and :func:`make_env` calls it, so a reader never meets
 "Namespace ALE not found".
 
-Chapter 2 adds the preprocessing (Atari frames, MinAtar channels-first tensors) and the
-partial-observability wrappers on top of :func:`make_env`.
+:func:`make_env` builds the pipelines of chapter 2:
+
+- **ALE** (Mnih et al. 2015; Machado et al. 2018): a ``frameskip=1`` base, then gymnasium's
+  ``AtariPreprocessing`` (up to 30 no-op starts, action repeat 4 with max-pooling of the last two
+  frames, 84x84 grey) giving ``(1, 84, 84)`` uint8, or ``(k, 84, 84)`` with ``frame_stack=k``
+  (DQN uses 4; recurrent agents see single frames). Sticky actions (p = 0.25) stay on, as in v5.
+- **MinAtar** (Young & Tian 2019): the ``(10, 10, C)`` boolean grid becomes channels-first
+  ``(C, 10, 10)`` uint8 (agents turn it into float), with a time limit.
+- **popgym** (Morad et al. 2023): non-Box observations are one-hot encoded into a flat vector.
+- Anything else (classic control): as registered.
+
+Then, optionally, the partial-observability wrappers (:class:`MaskObservation`,
+:class:`FlickerObservation`), then frame stacking, which for images stacks along channels.
 """
 
 from __future__ import annotations
 
 import difflib
 import importlib
+import logging
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+from gymnasium.wrappers import (
+    AtariPreprocessing,
+    FlattenObservation,
+    FrameStackObservation,
+    ReshapeObservation,
+    TimeLimit,
+)
+
+__all__ = [
+    "EnvMismatchError",
+    "FlickerObservation",
+    "MaskObservation",
+    "MinAtarObservation",
+    "check_discrete_actions",
+    "env_family",
+    "make_env",
+    "make_vec_env",
+    "register_envs",
+]
 
 _REGISTERED = False
 
 #: The env families and the module each needs; a family whose package is missing is skipped.
 ENV_FAMILIES: dict[str, str] = {"ALE": "ale_py", "MinAtar": "minatar", "popgym": "popgym"}
+
+#: MinAtar registers no time limit; episodes are cut here (Young & Tian cap evaluation at this too).
+MINATAR_MAX_EPISODE_STEPS = 10_000
+
+
+class EnvMismatchError(ValueError):
+    """An environment that does not fit the agent asked for; the message is one line."""
 
 
 def register_envs() -> None:
@@ -32,9 +73,13 @@ def register_envs() -> None:
         return
     for module_name in ENV_FAMILIES.values():
         try:
+            if module_name == "minatar":  # minatar.gym logs a warning when seaborn (for rendering) is absent
+                logging.disable(logging.WARNING)
             module = importlib.import_module(module_name)
         except ImportError:  # an optional family; make_env reports it by name if it is asked for
             continue
+        finally:
+            logging.disable(logging.NOTSET)
         if module_name == "ale_py":
             gym.register_envs(module)
             # The ALE prints a banner to stderr when its first game starts; keep only its errors.
@@ -48,9 +93,14 @@ def register_envs() -> None:
     _REGISTERED = True
 
 
+def env_family(env_id: str) -> str:
+    """``"ALE"``, ``"MinAtar"``, ``"popgym"`` or ``"gym"`` (everything else)."""
+    return next((family for family in ENV_FAMILIES if env_id.startswith(family)), "gym")
+
+
 def _unknown_id_message(env_id: str) -> str:
-    family = next((f for f in ENV_FAMILIES if env_id.startswith(f)), None)
-    if family is not None:
+    family = env_family(env_id)
+    if family != "gym":
         try:
             importlib.import_module(ENV_FAMILIES[family])
         except ImportError:
@@ -60,14 +110,100 @@ def _unknown_id_message(env_id: str) -> str:
     return f"unknown env id {env_id!r}{hint}"
 
 
-def make_env(env_id: str, *, seed: int | None = None, **kwargs: Any) -> gym.Env:
-    """Create a registered environment, registering every family first.
+# --------------------------------------------------------------------------------------------------
+# Wrappers
+# --------------------------------------------------------------------------------------------------
+class MinAtarObservation(gym.ObservationWrapper):
+    """MinAtar's ``(10, 10, C)`` boolean grid as a channels-first ``(C, 10, 10)`` uint8 array of 0/1."""
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        height, width, channels = env.observation_space.shape
+        self.observation_space = spaces.Box(0, 1, (channels, height, width), np.uint8)
+
+    def observation(self, observation: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(np.moveaxis(observation, -1, 0), dtype=np.uint8)
+
+
+class MaskObservation(gym.ObservationWrapper):
+    """Hide some dimensions of a vector observation: they are removed, not zeroed.
+
+    ``MaskObservation(gym.make("CartPole-v1"), hidden=[1, 3])`` leaves cart position and pole angle
+    and hides both velocities: a single observation no longer tells where the pole is going.
+    """
+
+    def __init__(self, env: gym.Env, hidden: Sequence[int]) -> None:
+        super().__init__(env)
+        space = env.observation_space
+        if not isinstance(space, spaces.Box) or len(space.shape) != 1:
+            raise EnvMismatchError(f"MaskObservation needs a 1-D Box observation; got {space}")
+        size = space.shape[0]
+        hidden_set = {int(i) % size for i in hidden}
+        if not hidden_set or len(hidden_set) >= size or any(not -size <= int(i) < size for i in hidden):
+            raise ValueError(f"hidden must name some but not all of the {size} dimensions; got {list(hidden)}")
+        self.visible = np.array([i for i in range(size) if i not in hidden_set])
+        self.observation_space = spaces.Box(space.low[self.visible], space.high[self.visible], dtype=space.dtype)
+
+    def observation(self, observation: np.ndarray) -> np.ndarray:
+        return observation[self.visible]
+
+
+class FlickerObservation(gym.ObservationWrapper):
+    """With probability ``p``, replace the whole observation by zeros (Hausknecht & Stone 2015, "flickering").
+
+    The blanking has its own random generator, seeded from the seed passed to ``reset``, so a seeded
+    episode flickers the same way every time.
+    """
+
+    def __init__(self, env: gym.Env, p: float = 0.5) -> None:
+        super().__init__(env)
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"flicker probability must lie in [0, 1), got {p}")
+        self.p = p
+        self._rng = np.random.default_rng()
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        if seed is not None:
+            self._rng = np.random.default_rng([seed, 0xF11C])  # independent of the env's own stream
+        return super().reset(seed=seed, options=options)
+
+    def observation(self, observation: np.ndarray) -> np.ndarray:
+        return np.zeros_like(observation) if self._rng.random() < self.p else observation
+
+
+def _stack(env: gym.Env, k: int) -> gym.Env:
+    """Stack the last ``k`` observations: along channels for images, end to end for vectors."""
+    shape = env.observation_space.shape
+    env = FrameStackObservation(env, k)
+    if len(shape) == 1:
+        return ReshapeObservation(env, (k * shape[0],))
+    if len(shape) == 3:
+        return ReshapeObservation(env, (k * shape[0], *shape[1:]))
+    return env  # (k, H, W) for single-channel images is already channels-first
+
+
+# --------------------------------------------------------------------------------------------------
+# Construction
+# --------------------------------------------------------------------------------------------------
+def make_env(env_id: str, *, seed: int | None = None, frame_stack: int | None = None,
+             hide: Sequence[int] | None = None, flicker: float = 0.0, max_episode_steps: int | None = None,
+             preprocess: bool = True, **kwargs: Any) -> gym.Env:
+    """Create an environment with the course's preprocessing.
 
     Args:
-        env_id: a gymnasium id such as ``CartPole-v1``, ``ALE/Seaquest-v5``, ``MinAtar/Breakout-v1``
-            or ``popgym-RepeatPreviousEasy-v0`` (popgym ids carry a difficulty).
+        env_id: a gymnasium id: ``CartPole-v1``, ``ALE/Seaquest-v5``, ``MinAtar/Breakout-v1``,
+            ``popgym-RepeatPreviousEasy-v0`` (popgym ids carry a difficulty), ...
         seed: if given, the env is reset once with this seed and its action space is seeded.
+        frame_stack: stack the last ``k`` observations (along channels for images).
+        hide: indices of vector-observation dimensions to hide (:class:`MaskObservation`).
+        flicker: probability of blanking each observation (:class:`FlickerObservation`).
+        max_episode_steps: a time limit (MinAtar defaults to 10,000).
+        preprocess: ``False`` skips the family's preprocessing: the env as registered (raw 210x160
+            RGB Atari frames, MinAtar's channels-last booleans); the options above still apply.
         **kwargs: passed to ``gymnasium.make``.
+
+    Returns:
+        The env. ALE and MinAtar observations are channels-first uint8 arrays.
 
     Raises:
         ValueError: for an unknown id, with the closest known ids as a hint.
@@ -75,8 +211,58 @@ def make_env(env_id: str, *, seed: int | None = None, **kwargs: Any) -> gym.Env:
     register_envs()
     if env_id not in gym.registry:
         raise ValueError(_unknown_id_message(env_id))
-    env = gym.make(env_id, **kwargs)
+    family = env_family(env_id)
+    if not preprocess:
+        env = gym.make(env_id, **kwargs)
+    elif family == "ALE":
+        env = gym.make(env_id, frameskip=1, **kwargs)
+        env = AtariPreprocessing(env, noop_max=30, frame_skip=4, screen_size=84, grayscale_obs=True)
+        if not frame_stack:
+            env = ReshapeObservation(env, (1, 84, 84))
+    elif family == "MinAtar":
+        with warnings.catch_warnings():  # -v0 ids warn that they are out of date
+            warnings.simplefilter("ignore")
+            env = gym.make(env_id, **kwargs)
+        env = MinAtarObservation(env)
+        max_episode_steps = max_episode_steps or MINATAR_MAX_EPISODE_STEPS
+    else:
+        env = gym.make(env_id, **kwargs)
+        if not isinstance(env.observation_space, spaces.Box):
+            env = FlattenObservation(env)  # popgym's Discrete / MultiDiscrete observations, one-hot
+    if max_episode_steps:
+        env = TimeLimit(env, max_episode_steps)
+    if hide:
+        env = MaskObservation(env, hide)
+    if flicker:
+        env = FlickerObservation(env, flicker)
+    if frame_stack and frame_stack > 1:
+        env = _stack(env, frame_stack)
     if seed is not None:
         env.action_space.seed(seed)
         env.reset(seed=seed)
     return env
+
+
+def make_vec_env(env_id: str, num_envs: int, *, seed: int | None = None, **kwargs: Any) -> gym.vector.SyncVectorEnv:
+    """``num_envs`` copies of :func:`make_env` in a ``SyncVectorEnv``, reset with seeds ``seed, seed+1, ...``.
+
+    It uses same-step autoreset: when a sub-env's episode ends, the step returns the next episode's
+    first observation and puts the last one in ``info["final_obs"]``. For cheap envs such as MinAtar
+    the synchronous vector env is much faster than the asynchronous one (about 66k against 5k steps/s
+    measured on a 2-core machine), since it pays no inter-process cost.
+    """
+    vec = gym.vector.SyncVectorEnv([lambda: make_env(env_id, **kwargs) for _ in range(num_envs)],
+                                   autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    if seed is not None:
+        vec.action_space.seed(seed)
+        vec.reset(seed=seed)
+    return vec
+
+
+def check_discrete_actions(env: gym.Env, env_id: str, algo: str) -> int:
+    """Return the number of actions, or raise a one-line :class:`EnvMismatchError` if they are not discrete."""
+    space = env.action_space
+    if isinstance(space, spaces.Discrete):
+        return int(space.n)
+    kind = "continuous actions" if isinstance(space, spaces.Box) else "actions that are not one discrete choice"
+    raise EnvMismatchError(f"{algo} picks one of n discrete actions, but {env_id} has {space} ({kind})")
