@@ -1,0 +1,16 @@
+"""Agents, one file per algorithm family, and the registry the CLI and the loop read.
+
+Add an algorithm: write ``companion/agents/<name>.py`` with an :class:`~companion.agents.base.Agent`
+subclass, then add a line to :data:`AGENTS`.
+"""
+
+from __future__ import annotations
+
+from companion.agents.base import Agent, QLearningConfig
+from companion.agents.dqn import DQN, DQNConfig
+from companion.agents.drqn import DRQN, DRQNConfig
+
+#: name used on the command line -> agent class
+AGENTS: dict[str, type[Agent]] = {"dqn": DQN, "drqn": DRQN}
+
+__all__ = ["AGENTS", "DQN", "DRQN", "Agent", "DQNConfig", "DRQNConfig", "QLearningConfig"]

@@ -1,0 +1,147 @@
+"""DRQN: a recurrent Q-network for partially observable tasks (Hausknecht & Stone 2015), book chapter 2.
+
+Implementation details:
+
+1. Encoder (from :mod:`companion.networks`) -> LSTM -> linear head, one Q-value per action at every step.
+2. Acting carries the LSTM state ``(h, c)`` from step to step; it is reset to zeros at episode starts.
+3. Learning uses "random updates": windows of ``seq_len`` consecutive transitions from
+   :class:`~companion.buffers.SequenceReplayBuffer`, each unrolled from a **zero** state. Positions
+   after the window's episode ended are masked out of the loss. An optional ``burn_in`` prefix only
+   warms the state up (no loss), as in R2D2 (Kapturowski et al. 2019).
+4. The TD loss is applied at every (unmasked) position. The targets unroll the target network over
+   the same window shifted by one step, ``[o_0, o_1', ..., o_T']`` (the ``o'`` are next observations),
+   so that the value of ``o_t'`` is computed with the state that has seen the window up to it.
+5. Double DQN, Huber loss, gradient clipping and the hard target update are as in :mod:`.dqn`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import numpy as np
+import torch
+from torch import nn
+
+from companion.agents.base import Agent, QLearningConfig, make_optimizer, td_loss
+from companion.buffers import SequenceBatch, SequenceReplayBuffer
+from companion.networks import make_encoder
+
+__all__ = ["DRQN", "DRQNConfig", "RecurrentQNetwork"]
+
+LSTMState = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclasses.dataclass
+class DRQNConfig(QLearningConfig):
+    """DRQN settings. :meth:`DRQN.preset` gives values per env family."""
+
+    hidden: tuple[int, ...] = (128,)  # MLP encoder widths (vector observations only)
+    lstm_size: int = 128
+    seq_len: int = 16  # positions trained on per window
+    burn_in: int = 0  # extra leading positions that only warm up the state
+
+
+class RecurrentQNetwork(nn.Module):
+    """``(B, T, *obs_shape)`` and an LSTM state -> Q-values ``(B, T, n_actions)`` and the new state."""
+
+    def __init__(self, obs_shape: tuple[int, ...], n_actions: int, hidden: tuple[int, ...], lstm_size: int) -> None:
+        super().__init__()
+        self.encoder = make_encoder(obs_shape, hidden)
+        self.lstm = nn.LSTM(self.encoder.out_dim, lstm_size, batch_first=True)
+        self.head = nn.Linear(lstm_size, n_actions)
+
+    def forward(self, obs: torch.Tensor, state: LSTMState | None = None) -> tuple[torch.Tensor, LSTMState]:
+        batch, steps = obs.shape[:2]
+        features = self.encoder(obs.flatten(0, 1)).view(batch, steps, -1)  # (B, T, F)
+        out, state = self.lstm(features, state)  # (B, T, lstm_size); None = zero state
+        return self.head(out), state
+
+
+class DRQN(Agent):
+    """Deep recurrent Q-learning on sequence replay."""
+
+    Config = DRQNConfig
+    recurrent = True
+
+    @classmethod
+    def preset(cls, family: str) -> DRQNConfig:
+        if family in ("gym", "popgym"):
+            return DRQNConfig(lr=1e-3, batch_size=32, buffer_size=100_000, learning_starts=2_000, train_freq=4,
+                              gradient_steps=1, target_update=1_000, eps_start=1.0, eps_end=0.05,
+                              eps_fraction=0.2, hidden=(128,), lstm_size=128, seq_len=16)
+        if family == "MinAtar":
+            return DRQNConfig(lr=2.5e-4, batch_size=32, buffer_size=100_000, learning_starts=5_000, train_freq=1,
+                              gradient_steps=1, target_update=1_000, eps_start=1.0, eps_end=0.1,
+                              eps_fraction=0.02, lstm_size=128, seq_len=8)
+        if family == "ALE":
+            # Hausknecht & Stone 2015: single frames, LSTM 512, 10-step unrolls, rewards clipped.
+            return DRQNConfig(lr=1e-4, adam_eps=1.5e-4, batch_size=32, buffer_size=100_000,
+                              learning_starts=50_000, train_freq=4, gradient_steps=1, target_update=10_000,
+                              reward_clip=1.0, eps_start=1.0, eps_end=0.1, eps_fraction=0.1, eval_epsilon=0.05,
+                              lstm_size=512, seq_len=10)
+        raise ValueError(f"no DRQN preset for env family {family!r}")
+
+    def __init__(self, obs_shape: tuple[int, ...], n_actions: int, config: DRQNConfig, device: torch.device) -> None:
+        super().__init__(obs_shape, n_actions, config, device)
+        config.validate()
+        if config.seq_len < 1 or config.burn_in < 0:
+            raise ValueError(f"need seq_len >= 1 and burn_in >= 0, got {config.seq_len}, {config.burn_in}")
+        self.q = RecurrentQNetwork(self.obs_shape, n_actions, tuple(config.hidden), config.lstm_size).to(device)
+        self.target = copy.deepcopy(self.q).requires_grad_(False)
+        self.optimizer = make_optimizer(self.q.parameters(), config)
+
+    def make_buffer(self, obs_dtype: np.dtype, seed: int) -> SequenceReplayBuffer:
+        c = self.config
+        return SequenceReplayBuffer(c.buffer_size, self.obs_shape, obs_dtype, seq_len=c.burn_in + c.seq_len,
+                                    seed=seed)
+
+    def initial_state(self) -> LSTMState | None:
+        return None  # nn.LSTM reads None as zeros
+
+    def act(self, obs: np.ndarray, state: LSTMState | None, epsilon: float,
+            rng: np.random.Generator) -> tuple[int, LSTMState]:
+        # The state must see every observation, so the forward pass runs even when exploring.
+        with torch.inference_mode():
+            q, state = self.q(torch.as_tensor(obs, device=self.device)[None, None], state)  # (1, 1, A)
+        if rng.random() < epsilon:
+            return int(rng.integers(self.n_actions)), state
+        return int(q[0, 0].argmax()), state
+
+    def loss(self, batch: SequenceBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        """The TD loss averaged over the unmasked positions after the burn-in, and scalars to log."""
+        c, to = self.config, lambda x: torch.as_tensor(x, device=self.device)
+        # Inputs [o_0, o_1', ..., o_T']: output t values o_t for t < T and o_t' for t >= 1.
+        inputs = torch.cat([to(batch.obs[:, :1]), to(batch.next_obs)], dim=1)  # (B, T+1, ...)
+        actions, rewards = to(batch.actions), to(batch.rewards)
+        terminated = to(batch.terminated).float()
+        if c.reward_clip:
+            rewards = rewards.clamp(-c.reward_clip, c.reward_clip)
+        weights = to(batch.mask).float()  # (B, T)
+        weights[:, : c.burn_in] = 0.0
+        q_all, _ = self.q(inputs)  # (B, T+1, A), from a zero state
+        q_taken = q_all[:, :-1].gather(2, actions[..., None]).squeeze(2)  # (B, T)
+        with torch.no_grad():
+            next_q = self.target(inputs)[0][:, 1:]  # (B, T, A)
+            if c.double_dqn:
+                next_value = next_q.gather(2, q_all[:, 1:].argmax(2, keepdim=True)).squeeze(2)
+            else:
+                next_value = next_q.max(2).values
+            target = rewards + c.gamma * (1.0 - terminated) * next_value  # (B, T)
+        count = weights.sum().clamp(min=1.0)
+        loss = (td_loss(q_taken, target, c.loss) * weights).sum() / count
+        return loss, {"q": ((q_taken.detach() * weights).sum() / count).item()}
+
+    def update(self, buffer: SequenceReplayBuffer) -> dict[str, float]:
+        loss, info = self.loss(buffer.sample(self.config.batch_size))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.q.parameters(), self.config.max_grad_norm)
+        self.optimizer.step()
+        return {"loss": loss.item(), **info}
+
+    def sync_target(self) -> None:
+        self.target.load_state_dict(self.q.state_dict())
+
+    def modules(self) -> dict[str, nn.Module | torch.optim.Optimizer]:
+        return {"q": self.q, "target": self.target, "optimizer": self.optimizer}
