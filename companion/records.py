@@ -1,0 +1,162 @@
+"""Run directories: what a training run leaves behind, and where it came from.
+
+A run directory holds
+
+- ``config.json``: the full settings (the run's and the agent's), enough to run it again;
+- ``meta.json``: provenance: the command, package and library versions, git commit, hardware,
+  seed, budget, wall time, steps done;
+- ``metrics.csv``: one row per training episode: ``episode, step, return, length``;
+- ``eval.csv``: one row per evaluation: ``step, mean_return, std_return, episodes``;
+- ``checkpoint.pt`` (networks, optimizer, counters, random states) and ``replay.pt`` (the replay
+  buffer), both loadable with ``torch.load(..., weights_only=True)``: loading them runs no code.
+
+``metrics.csv`` and ``eval.csv`` hold nothing that depends on timing, so two runs with the same seed
+on the same machine produce identical files.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["METRICS_FIELDS", "EVAL_FIELDS", "RunDir", "provenance", "read_csv"]
+
+METRICS_FIELDS = ("episode", "step", "return", "length")
+EVAL_FIELDS = ("step", "mean_return", "std_return", "episodes")
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10,
+                             cwd=Path(__file__).resolve().parent)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def provenance(device: torch.device | str | None = None) -> dict[str, Any]:
+    """Versions, git commit and hardware of this process."""
+    import gymnasium
+
+    import companion
+
+    commit = _git("rev-parse", "HEAD")
+    dirty = bool(_git("status", "--porcelain", "--untracked-files=no")) if commit else None
+    hardware: dict[str, Any] = {
+        "platform": platform.platform(), "machine": platform.machine(), "processor": platform.processor(),
+        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": str(device or "cpu"),
+    }
+    if torch.cuda.is_available():
+        hardware["gpu"] = torch.cuda.get_device_name()
+    program = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path("")
+    if program.name == "__main__.py" and program.parent.name == "companion":
+        program = Path("python -m companion")
+    return {
+        "command": " ".join([str(program), *sys.argv[1:]]),
+        "companion": companion.__version__, "git_commit": commit, "git_dirty": dirty,
+        "python": platform.python_version(), "torch": torch.__version__, "gymnasium": gymnasium.__version__,
+        "numpy": np.__version__, "hardware": hardware,
+    }
+
+
+def read_csv(path: Path) -> dict[str, np.ndarray]:
+    """A CSV of numbers as columns: ``{"step": array([...]), ...}`` (empty arrays if no rows)."""
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+        fields = reader.fieldnames or []
+    return {name: np.array([float(row[name]) for row in rows]) for name in fields}
+
+
+class RunDir:
+    """One run's directory. Create it with :meth:`create`, reopen it with the constructor."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    config_path = property(lambda self: self.path / "config.json")
+    meta_path = property(lambda self: self.path / "meta.json")
+    metrics_path = property(lambda self: self.path / "metrics.csv")
+    eval_path = property(lambda self: self.path / "eval.csv")
+    checkpoint_path = property(lambda self: self.path / "checkpoint.pt")
+    replay_path = property(lambda self: self.path / "replay.pt")
+
+    @classmethod
+    def create(cls, path: str | Path, config: dict[str, Any]) -> RunDir:
+        """A new run directory with ``config.json`` and empty CSVs; refuses to overwrite another run."""
+        run = cls(path)
+        if run.config_path.exists():
+            raise FileExistsError(f"{run.path} already holds a run; pass --resume to continue it, "
+                                  f"or choose another --out")
+        run.path.mkdir(parents=True, exist_ok=True)
+        run.config_path.write_text(json.dumps(config, indent=2) + "\n")
+        for csv_path, fields in ((run.metrics_path, METRICS_FIELDS), (run.eval_path, EVAL_FIELDS)):
+            csv_path.write_text(",".join(fields) + "\n")
+        return run
+
+    def config(self) -> dict[str, Any]:
+        if not self.config_path.exists():
+            raise FileNotFoundError(f"{self.path} is not a run directory (no config.json)")
+        return json.loads(self.config_path.read_text())
+
+    def meta(self) -> dict[str, Any]:
+        return json.loads(self.meta_path.read_text()) if self.meta_path.exists() else {}
+
+    def write_meta(self, meta: dict[str, Any]) -> None:
+        tmp = self.meta_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(meta, indent=2) + "\n")
+        tmp.replace(self.meta_path)
+
+    def metrics(self) -> dict[str, np.ndarray]:
+        return read_csv(self.metrics_path)
+
+    def evals(self) -> dict[str, np.ndarray]:
+        return read_csv(self.eval_path)
+
+    def append(self, which: str, row: tuple) -> None:
+        """Append a row to ``"metrics"`` or ``"eval"``."""
+        path = self.metrics_path if which == "metrics" else self.eval_path
+        with open(path, "a", newline="") as f:
+            csv.writer(f, lineterminator="\n").writerow(row)
+
+    def truncate_after(self, step: int) -> None:
+        """Drop CSV rows written after ``step``: they belong to the part of a run a resume replays."""
+        for path in (self.metrics_path, self.eval_path):
+            lines = path.read_text().splitlines(keepends=True)
+            header, rows = lines[0], lines[1:]
+            column = header.strip().split(",").index("step")
+            kept = [r for r in rows if int(float(r.split(",")[column])) <= step]
+            path.write_text(header + "".join(kept))
+
+    def save_checkpoint(self, state: dict[str, Any], replay: dict[str, Any] | None) -> None:
+        """Write ``checkpoint.pt`` (and ``replay.pt``) atomically: a crash mid-write leaves the old ones."""
+        for target, payload in ((self.checkpoint_path, state), (self.replay_path, replay)):
+            if payload is None:
+                continue
+            tmp = target.with_suffix(".tmp")
+            torch.save(payload, tmp)
+            tmp.replace(target)
+
+    def load_checkpoint(self, with_replay: bool = True) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """Load with ``weights_only=True``: tensors and plain data only, never code."""
+        if not self.checkpoint_path.exists():
+            raise FileNotFoundError(f"{self.path} has no checkpoint.pt")
+        state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
+        replay = None
+        if with_replay and self.replay_path.exists():
+            replay = torch.load(self.replay_path, map_location="cpu", weights_only=True)
+        return state, replay
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
