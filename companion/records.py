@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["METRICS_FIELDS", "EVAL_FIELDS", "RunDir", "provenance", "read_csv"]
+__all__ = ["METRICS_FIELDS", "EVAL_FIELDS", "RunDir", "provenance", "read_csv", "results_dir"]
 
 METRICS_FIELDS = ("episode", "step", "return", "length")
 EVAL_FIELDS = ("step", "mean_return", "std_return", "episodes")
@@ -160,3 +160,17 @@ class RunDir:
 
 def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def results_dir(start: str | Path | None = None) -> Path | None:
+    """The repository's ``results/`` folder: ``$COMPANION_RESULTS`` if set, else the first ``results``
+    folder found from ``start`` (default: the working directory) upwards. ``None`` if there is none,
+    as on Colab, where only the package is installed."""
+    if os.environ.get("COMPANION_RESULTS"):
+        path = Path(os.environ["COMPANION_RESULTS"])
+        return path if path.is_dir() else None
+    here = Path(start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "results").is_dir():
+            return folder / "results"
+    return None

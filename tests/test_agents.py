@@ -72,8 +72,8 @@ def _sequences(b=4, t=6, obs_dim=3, seed=0):
     mask[0, 3:] = False  # sequence 0's episode ended at position 2
     terminated = np.zeros((b, t), bool)
     terminated[0, 2] = True
-    return SequenceBatch(rng.normal(size=(b, t, obs_dim)).astype(np.float32), rng.integers(0, 2, (b, t)),
-                         rng.normal(size=(b, t)).astype(np.float32), rng.normal(size=(b, t, obs_dim)).astype(np.float32),
+    obs, next_obs = (rng.normal(size=(b, t, obs_dim)).astype(np.float32) for _ in range(2))
+    return SequenceBatch(obs, rng.integers(0, 2, (b, t)), rng.normal(size=(b, t)).astype(np.float32), next_obs,
                          terminated, mask)
 
 

@@ -57,7 +57,7 @@ def test_sequences_are_consecutive_and_masked_after_the_episode_ends():
     np.testing.assert_array_equal(np.diff(t, axis=1), 1)  # consecutive, never across the ring's seam
     assert t.min() >= 100 - 39  # only valid slots
     ends = (t + 1) % 7 == 0
-    for row_t, row_mask, row_ends in zip(t, batch.mask, ends, strict=True):
+    for row_mask, row_ends in zip(batch.mask, ends, strict=True):
         first_end = np.flatnonzero(row_ends)
         expected = np.arange(6) <= (first_end[0] if len(first_end) else 6)
         np.testing.assert_array_equal(row_mask, expected)

@@ -2,7 +2,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from companion.envs import make_env, register_envs
+from companion.envs import EnvMismatchError, check_discrete_actions, make_env, make_vec_env, register_envs
 
 
 def test_register_envs_is_idempotent_and_registers_each_family():
@@ -35,9 +35,6 @@ def test_unknown_id_names_the_id_and_suggests_a_close_one():
 
 
 # --- chapter 2 pipelines and wrappers --------------------------------------------------------------
-import gymnasium as gym  # noqa: E402
-
-from companion.envs import EnvMismatchError, check_discrete_actions, make_vec_env  # noqa: E402
 
 
 @pytest.mark.parametrize(("stack", "shape"), [(None, (1, 84, 84)), (4, (4, 84, 84))])

@@ -1,0 +1,64 @@
+import matplotlib
+
+matplotlib.use("Agg")
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from companion.plots import Curve, aggregate, group_runs, plot_curves, t_interval  # noqa: E402
+from companion.records import RunDir, results_dir  # noqa: E402
+
+
+def test_t_interval_matches_the_formula():
+    values = np.array([[1.0, 10.0], [2.0, 20.0], [4.0, 30.0]])
+    mean, low, high = t_interval(values)
+    np.testing.assert_allclose(mean, [7 / 3, 20.0])
+    half = 4.303 * values.std(axis=0, ddof=1) / np.sqrt(3)
+    np.testing.assert_allclose(high - mean, half)
+    np.testing.assert_allclose(mean - low, half)
+    one = t_interval(np.array([[5.0]]))
+    assert one[0] == one[1] == one[2] == 5.0
+
+
+def test_aggregate_on_common_steps_and_on_a_grid():
+    a, b = Curve([1, 2, 3], [1.0, 2.0, 3.0]), Curve([2, 3, 4], [5.0, 6.0, 7.0])
+    steps, mean, low, high, n = aggregate([a, b])
+    np.testing.assert_array_equal(steps, [2, 3])
+    np.testing.assert_allclose(mean, [3.5, 4.5])
+    assert n == 2 and (low <= mean).all() and (mean <= high).all()
+    steps, mean, *_ = aggregate([a, b], grid=np.array([2.5]))
+    np.testing.assert_allclose(mean, [(2.5 + 5.5) / 2])
+    with pytest.raises(ValueError):
+        aggregate([])
+
+
+def _fake_run(path, algo, seed, evals, hide=(), stack=1):
+    run = RunDir.create(path, {"run": {"algo": algo, "env_id": "CartPole-v1", "seed": seed, "hide": list(hide),
+                                       "flicker": 0.0}, "agent": {"frame_stack": stack}})
+    for step, value in evals:
+        run.append("eval", (step, value, 0.0, 10))
+    for episode, (step, value) in enumerate(evals):
+        run.append("metrics", (episode, step, value, 10))
+    return run.path
+
+
+def test_group_runs_and_plot(tmp_path):
+    dirs = [_fake_run(tmp_path / f"a{s}", "dqn", s, [(10, s), (20, 2 * s)]) for s in range(3)]
+    dirs += [_fake_run(tmp_path / f"b{s}", "dqn", s, [(10, 1), (20, 1)], stack=4) for s in range(2)]
+    dirs += [_fake_run(tmp_path / "c0", "drqn", 0, [(10, 1), (20, 3)], hide=(1, 3))]
+    groups = group_runs(dirs)
+    assert {k: len(v) for k, v in groups.items()} == {"dqn CartPole-v1": 3, "dqn stack4 CartPole-v1": 2,
+                                                      "drqn CartPole-v1 hide=1,3": 1}
+    for kind in ("eval", "train"):
+        ax = plot_curves(groups, kind=kind, title="t")
+        labels = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert "dqn CartPole-v1 (3 seeds)" in labels and "drqn CartPole-v1 hide=1,3 (1 seed)" in labels
+        assert "20" in ax.get_xlabel()
+
+
+def test_results_dir_is_found_upwards_or_from_the_environment(tmp_path, monkeypatch):
+    (tmp_path / "results").mkdir()
+    (tmp_path / "notebooks").mkdir()
+    monkeypatch.delenv("COMPANION_RESULTS", raising=False)
+    assert results_dir(tmp_path / "notebooks") == tmp_path / "results"
+    monkeypatch.setenv("COMPANION_RESULTS", str(tmp_path / "nowhere"))
+    assert results_dir(tmp_path) is None
