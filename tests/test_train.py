@@ -132,3 +132,26 @@ def test_dqn_learns_cartpole_at_the_quick_budget(tmp_path):
     result = train(run, agent, tmp_path / "learn", show_progress=False)
     assert result.final_eval >= 100
     assert json.loads((tmp_path / "learn" / "meta.json").read_text())["final_eval_mean_return"] >= 100
+
+
+@pytest.mark.slow
+def test_ctrl_c_finishes_the_episode_saves_and_stops(tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "companion", "train", "--algo", "dqn", "--env", "CartPole-v1",
+                             "--steps", "200000", "--budget", "quick", "--out", str(out), "--no-progress"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and (not (out / "metrics.csv").exists()
+                                      or len((out / "metrics.csv").read_text().splitlines()) < 5):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert "finishing this episode" in stdout and "stopped (resume with --resume)" in stdout
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    metrics = RunDir(out).metrics()
+    assert state["step"] == metrics["step"][-1] < 200_000  # saved at the end of an episode
+    assert RunDir(out).meta()["interrupted"] is True
