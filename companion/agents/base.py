@@ -7,6 +7,7 @@ buffer, the exploration schedule, evaluation and the records. A new algorithm is
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
@@ -17,7 +18,7 @@ from torch import nn
 
 from companion.buffers import ReplayBuffer
 
-__all__ = ["Agent", "QLearningConfig", "linear_schedule", "make_optimizer", "td_loss"]
+__all__ = ["Agent", "QAgent", "QLearningConfig", "linear_schedule", "make_optimizer", "td_loss"]
 
 
 @dataclasses.dataclass
@@ -130,3 +131,37 @@ def td_loss(q_taken: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Ten
     if kind == "huber":
         return nn.functional.smooth_l1_loss(q_taken, target, reduction="none")
     return nn.functional.mse_loss(q_taken, target, reduction="none")
+
+
+class QAgent(Agent):
+    """A Q-learning agent: an online network ``q``, its target copy, Adam, and a TD ``loss`` to define.
+
+    DQN, DRQN and the attention agents of later chapters differ in their network and their loss on a
+    sampled batch; the update step, the target copy and the checkpoint contents are shared here.
+    """
+
+    def __init__(self, obs_shape: tuple[int, ...], n_actions: int, config: QLearningConfig, device: torch.device,
+                 network: nn.Module) -> None:
+        super().__init__(obs_shape, n_actions, config, device)
+        config.validate()
+        self.q = network.to(device)
+        self.target = copy.deepcopy(self.q).requires_grad_(False)
+        self.optimizer = make_optimizer(self.q.parameters(), config)
+
+    @abstractmethod
+    def loss(self, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        """The TD loss on a batch from this agent's buffer, and scalars to log."""
+
+    def update(self, buffer: ReplayBuffer) -> dict[str, float]:
+        loss, info = self.loss(buffer.sample(self.config.batch_size))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.q.parameters(), self.config.max_grad_norm)
+        self.optimizer.step()
+        return {"loss": loss.item(), **info}
+
+    def sync_target(self) -> None:
+        self.target.load_state_dict(self.q.state_dict())
+
+    def modules(self) -> dict[str, nn.Module | torch.optim.Optimizer]:
+        return {"q": self.q, "target": self.target, "optimizer": self.optimizer}

@@ -15,7 +15,6 @@ Implementation details, CleanRL-style:
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from typing import Any
 
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from companion.agents.base import Agent, QLearningConfig, make_optimizer, td_loss
+from companion.agents.base import QAgent, QLearningConfig, td_loss
 from companion.buffers import ReplayBuffer, TransitionBatch
 from companion.networks import make_encoder
 
@@ -49,7 +48,7 @@ class QNetwork(nn.Module):
         return self.head(self.encoder(obs))
 
 
-class DQN(Agent):
+class DQN(QAgent):
     """Deep Q-learning with a target network, experience replay and (optionally) Double DQN."""
 
     Config = DQNConfig
@@ -75,11 +74,8 @@ class DQN(Agent):
         raise ValueError(f"no DQN preset for env family {family!r}")
 
     def __init__(self, obs_shape: tuple[int, ...], n_actions: int, config: DQNConfig, device: torch.device) -> None:
-        super().__init__(obs_shape, n_actions, config, device)
-        config.validate()
-        self.q = QNetwork(self.obs_shape, n_actions, tuple(config.hidden)).to(device)
-        self.target = copy.deepcopy(self.q).requires_grad_(False)
-        self.optimizer = make_optimizer(self.q.parameters(), config)
+        super().__init__(obs_shape, n_actions, config, device,
+                         QNetwork(tuple(obs_shape), n_actions, tuple(config.hidden)))
 
     def make_buffer(self, obs_dtype: np.dtype, seed: int) -> ReplayBuffer:
         return ReplayBuffer(self.config.buffer_size, self.obs_shape, obs_dtype, seed=seed)
@@ -113,17 +109,3 @@ class DQN(Agent):
             target = rewards + c.gamma * (1.0 - terminated) * next_value  # (B,)
         loss = td_loss(q_taken, target, c.loss).mean()
         return loss, {"q": q_taken.detach().mean().item()}
-
-    def update(self, buffer: ReplayBuffer) -> dict[str, float]:
-        loss, info = self.loss(buffer.sample(self.config.batch_size))
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(self.q.parameters(), self.config.max_grad_norm)
-        self.optimizer.step()
-        return {"loss": loss.item(), **info}
-
-    def sync_target(self) -> None:
-        self.target.load_state_dict(self.q.state_dict())
-
-    def modules(self) -> dict[str, nn.Module | torch.optim.Optimizer]:
-        return {"q": self.q, "target": self.target, "optimizer": self.optimizer}

@@ -16,14 +16,13 @@ Implementation details:
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 
 import numpy as np
 import torch
 from torch import nn
 
-from companion.agents.base import Agent, QLearningConfig, make_optimizer, td_loss
+from companion.agents.base import QAgent, QLearningConfig, td_loss
 from companion.buffers import SequenceBatch, SequenceReplayBuffer
 from companion.networks import make_encoder
 
@@ -58,7 +57,7 @@ class RecurrentQNetwork(nn.Module):
         return self.head(out), state
 
 
-class DRQN(Agent):
+class DRQN(QAgent):
     """Deep recurrent Q-learning on sequence replay."""
 
     Config = DRQNConfig
@@ -83,13 +82,10 @@ class DRQN(Agent):
         raise ValueError(f"no DRQN preset for env family {family!r}")
 
     def __init__(self, obs_shape: tuple[int, ...], n_actions: int, config: DRQNConfig, device: torch.device) -> None:
-        super().__init__(obs_shape, n_actions, config, device)
-        config.validate()
         if config.seq_len < 1 or config.burn_in < 0:
             raise ValueError(f"need seq_len >= 1 and burn_in >= 0, got {config.seq_len}, {config.burn_in}")
-        self.q = RecurrentQNetwork(self.obs_shape, n_actions, tuple(config.hidden), config.lstm_size).to(device)
-        self.target = copy.deepcopy(self.q).requires_grad_(False)
-        self.optimizer = make_optimizer(self.q.parameters(), config)
+        super().__init__(obs_shape, n_actions, config, device,
+                         RecurrentQNetwork(tuple(obs_shape), n_actions, tuple(config.hidden), config.lstm_size))
 
     def make_buffer(self, obs_dtype: np.dtype, seed: int) -> SequenceReplayBuffer:
         c = self.config
@@ -131,17 +127,3 @@ class DRQN(Agent):
         count = weights.sum().clamp(min=1.0)
         loss = (td_loss(q_taken, target, c.loss) * weights).sum() / count
         return loss, {"q": ((q_taken.detach() * weights).sum() / count).item()}
-
-    def update(self, buffer: SequenceReplayBuffer) -> dict[str, float]:
-        loss, info = self.loss(buffer.sample(self.config.batch_size))
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(self.q.parameters(), self.config.max_grad_norm)
-        self.optimizer.step()
-        return {"loss": loss.item(), **info}
-
-    def sync_target(self) -> None:
-        self.target.load_state_dict(self.q.state_dict())
-
-    def modules(self) -> dict[str, nn.Module | torch.optim.Optimizer]:
-        return {"q": self.q, "target": self.target, "optimizer": self.optimizer}
