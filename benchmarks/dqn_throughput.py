@@ -108,6 +108,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50_000)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--out", type=Path, default=Path("runs/bench"))
+    parser.add_argument("--save", type=Path, default=None, help="also write the figures and provenance as JSON")
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(f"CartPole-v1, {args.steps} steps, torch {torch.__version__}, 1 thread")
@@ -125,6 +126,18 @@ def main() -> None:
     print("companion loop, last seed: " + ", ".join(f"{k} {v:.3g}" for k, v in parts.items()))
     print(f"loop overhead over its env steps and updates: {100 * parts['overhead_vs_env_and_updates']:.1f}% "
           f"(over all measured parts: {100 * parts['overhead_vs_all_parts']:.1f}%; target <= 10%)")
+    if args.save:
+        import json
+
+        from companion.records import provenance
+
+        record = {"steps": args.steps, "seeds": args.seeds,
+                  "per_seed": [dict(zip(("companion_sps", "sb3_sps", "companion_return", "sb3_return"), r,
+                                        strict=True)) for r in rows],
+                  "ratio": float(ours.mean() / sb3.mean()), "loop": parts, **provenance()}
+        args.save.parent.mkdir(parents=True, exist_ok=True)
+        args.save.write_text(json.dumps(record, indent=2, default=float) + "\n")
+        print(f"wrote {args.save}")
 
 
 if __name__ == "__main__":
