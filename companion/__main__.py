@@ -100,11 +100,11 @@ def _train(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from companion.train import _make, evaluate, load_agent
+    from companion.train import evaluate, load_agent, make_run_env
 
     agent, run, agent_config = load_agent(args.run_dir)
     epsilon = agent_config.eval_epsilon if args.epsilon is None else args.epsilon
-    env = _make(run, agent_config)
+    env = make_run_env(run, agent_config)
     returns = evaluate(agent, env, args.episodes, epsilon, seed=args.seed)
     print(f"{run.algo} {run.env_id}: mean return {np.mean(returns):.2f} ± {np.std(returns):.2f} (std) "
           f"over {len(returns)} episodes at epsilon {epsilon}")

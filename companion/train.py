@@ -31,7 +31,8 @@ from companion.envs import check_discrete_actions, env_family, make_env
 from companion.records import RunDir, now, provenance
 from companion.utils import get_device, progress, seed_everything
 
-__all__ = ["RunConfig", "TrainResult", "build_config", "evaluate", "load_agent", "train"]
+__all__ = ["RunConfig", "TrainResult", "build_config", "evaluate", "load_agent", "make_run_env", "saved_config",
+           "train"]
 
 
 @dataclasses.dataclass
@@ -123,8 +124,17 @@ def _episode_seed(seed: int, episode: int, stream: int = 0) -> int:
     return int(np.random.SeedSequence([seed, stream, episode]).generate_state(1)[0])
 
 
-def _make(run: RunConfig, agent_config: Any) -> Any:
+def make_run_env(run: RunConfig, agent_config: Any) -> Any:
+    """The env a run trains and evaluates on."""
     return make_env(run.env_id, frame_stack=agent_config.frame_stack, hide=run.hide, flicker=run.flicker)
+
+
+def saved_config(run_dir: str | Path | RunDir) -> tuple[RunConfig, Any]:
+    """The run's and the agent's config, as stored in a run directory's ``config.json``."""
+    saved = (run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)).config()
+    run = RunConfig(**{**saved["run"], "hide": tuple(saved["run"]["hide"])})
+    agent = AGENTS[run.algo].Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved["agent"].items()})
+    return run, agent
 
 
 def evaluate(agent: Agent, env: Any, episodes: int, epsilon: float, seed: int) -> list[float]:
@@ -192,13 +202,10 @@ def train(run: RunConfig, agent_config: Any, out: str | Path, *, resume: bool = 
     """
     run_dir = RunDir(out)
     if resume:
-        saved = run_dir.config()
-        run = RunConfig(**{**saved["run"], "hide": tuple(saved["run"]["hide"])})
-        agent_config = AGENTS[run.algo].Config(**{k: tuple(v) if isinstance(v, list) else v
-                                                  for k, v in saved["agent"].items()})
+        run, agent_config = saved_config(run_dir)
     agent_cls = AGENTS[run.algo]
-    env = _make(run, agent_config)
-    eval_env = _make(run, agent_config)
+    env = make_run_env(run, agent_config)
+    eval_env = make_run_env(run, agent_config)
     n_actions = check_discrete_actions(env, run.env_id, run.algo.upper())
     seed_everything(run.seed)
     if run.threads:
@@ -298,15 +305,11 @@ def train(run: RunConfig, agent_config: Any, out: str | Path, *, resume: bool = 
 
 def load_agent(run_dir: str | Path, device: str | None = None) -> tuple[Agent, RunConfig, Any]:
     """Rebuild a trained agent from a run directory's ``config.json`` and ``checkpoint.pt``."""
-    run_dir = RunDir(run_dir)
-    saved = run_dir.config()
-    run = RunConfig(**{**saved["run"], "hide": tuple(saved["run"]["hide"])})
-    agent_cls = AGENTS[run.algo]
-    agent_config = agent_cls.Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved["agent"].items()})
-    env = _make(run, agent_config)
-    agent = agent_cls(env.observation_space.shape, int(env.action_space.n), agent_config,
-                      get_device(device or run.device or None))
-    state, _ = run_dir.load_checkpoint(with_replay=False)
+    run, agent_config = saved_config(run_dir)
+    env = make_run_env(run, agent_config)
+    agent = AGENTS[run.algo](env.observation_space.shape, int(env.action_space.n), agent_config,
+                             get_device(device or run.device or None))
+    state, _ = RunDir(run_dir).load_checkpoint(with_replay=False)
     agent.load_state_dict(state["agent"])
     env.close()
     return agent, run, agent_config
