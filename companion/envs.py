@@ -217,7 +217,7 @@ def make_env(env_id: str, *, seed: int | None = None, frame_stack: int | None = 
     elif family == "ALE":
         env = gym.make(env_id, frameskip=1, **kwargs)
         env = AtariPreprocessing(env, noop_max=30, frame_skip=4, screen_size=84, grayscale_obs=True)
-        if not frame_stack:
+        if (frame_stack or 1) <= 1:  # single frames keep a channel axis: (1, 84, 84)
             env = ReshapeObservation(env, (1, 84, 84))
     elif family == "MinAtar":
         with warnings.catch_warnings():  # -v0 ids warn that they are out of date

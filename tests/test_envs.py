@@ -37,7 +37,7 @@ def test_unknown_id_names_the_id_and_suggests_a_close_one():
 # --- chapter 2 pipelines and wrappers --------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("stack", "shape"), [(None, (1, 84, 84)), (4, (4, 84, 84))])
+@pytest.mark.parametrize(("stack", "shape"), [(None, (1, 84, 84)), (1, (1, 84, 84)), (4, (4, 84, 84))])
 def test_ale_pipeline_gives_uint8_84x84(stack, shape):
     env = make_env("ALE/Breakout-v5", frame_stack=stack, seed=0)
     obs, _ = env.reset(seed=0)

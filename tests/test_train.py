@@ -97,6 +97,8 @@ def test_budget_scales_steps_not_the_algorithm():
         ("drqn", "MinAtar/Breakout-v1", ["--steps", "400", "--set", "learning_starts=100"]),
         ("dqn", "ALE/Pong-v5", ["--steps", "200", "--set", "learning_starts=100", "--set", "batch_size=4",
                                 "--set", "buffer_size=300"]),
+        ("drqn", "ALE/Pong-v5", ["--steps", "120", "--set", "learning_starts=60", "--set", "batch_size=2",
+                                 "--set", "buffer_size=200"]),
         ("drqn", "popgym-RepeatPreviousEasy-v0", ["--steps", "600"]),
     ],
 )
