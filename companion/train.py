@@ -262,6 +262,7 @@ def train(run: RunConfig, agent_config: Any, out: str | Path, *, resume: bool = 
             episode_return += float(reward)
             episode_length += 1
             if step > c.learning_starts and step % c.train_freq == 0:
+                agent.set_step(step)
                 for _ in range(c.gradient_steps):
                     agent.update(buffer)
             if step % c.target_update == 0:

@@ -6,11 +6,13 @@ subclass, then add a line to :data:`AGENTS`.
 
 from __future__ import annotations
 
-from companion.agents.base import Agent, QLearningConfig
+from companion.agents.base import Agent, QAgent, QLearningConfig
+from companion.agents.darqn import DARQN, DARQNConfig
 from companion.agents.dqn import DQN, DQNConfig
 from companion.agents.drqn import DRQN, DRQNConfig
 
 #: name used on the command line -> agent class
-AGENTS: dict[str, type[Agent]] = {"dqn": DQN, "drqn": DRQN}
+AGENTS: dict[str, type[Agent]] = {"dqn": DQN, "drqn": DRQN, "darqn": DARQN}
 
-__all__ = ["AGENTS", "DQN", "DRQN", "Agent", "DQNConfig", "DRQNConfig", "QLearningConfig"]
+__all__ = ["AGENTS", "DARQN", "DQN", "DRQN", "Agent", "DARQNConfig", "DQNConfig", "DRQNConfig", "QAgent",
+           "QLearningConfig"]

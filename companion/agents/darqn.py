@@ -1,0 +1,250 @@
+"""DARQN: the Deep Attention Recurrent Q-Network (Sorokin et al. 2015, arXiv 1512.01693), book chapter 6.
+
+DRQN with attention between the CNN and the LSTM. At each step:
+
+1. A CNN turns the frame into ``L`` location vectors ``v_i`` (7x7x256 on Atari: ``L = 49``, ``D = 256``).
+2. Attention weights come from the previous LSTM state, by additive attention (chapter 1)::
+
+       g_i = softmax_i( w^T tanh(W_v v_i + W_h h_{t-1}) )
+
+3. **Soft** attention feeds the LSTM the expectation ``z_t = sum_i g_i v_i``. **Hard** attention samples one
+   location ``i_t ~ Categorical(g)`` and feeds ``z_t = v_{i_t}``; as in the original code, each training
+   example uses the soft weights instead with probability ``hard_soft_mix`` (0.5).
+4. ``h_t, c_t = LSTM(z_t, (h_{t-1}, c_{t-1}))`` and ``Q(s_t, .) = W_q h_t + b``. The same ``h_t`` drives the
+   next step's attention. The state is reset at episode starts; the TD loss applies at every unrolled step.
+
+Hard attention cannot be trained by backpropagation through the sample. It uses REINFORCE (Williams 1992):
+the gradient of ``E[R]`` is ``E[(R - b) grad log g_{i_t}]``. Following the original code, the "return" ``R``
+is the step's Q-learning target ``y_t``, the baseline ``b_t = w_b^T h_t + c`` is fitted to it by squared
+error, and the REINFORCE term is scaled by ``reinforce_scale`` (0.1). The term is applied to the examples
+that sampled (not to those that took the soft weights).
+
+Learning uses :class:`~companion.buffers.SequenceReplayBuffer` windows from a zero state, like DRQN. The
+recurrent core is an ``nn.LSTMCell`` stepped over ``unbind(1)`` of the precomputed CNN features.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from companion.agents.base import QAgent, QLearningConfig, td_loss
+from companion.attention import AdditiveAttention
+from companion.buffers import SequenceBatch, SequenceReplayBuffer
+
+__all__ = ["DARQN", "DARQNConfig", "DARQNNetwork", "LocationCNN"]
+
+LSTMState = tuple[Tensor, Tensor]
+
+
+@dataclasses.dataclass
+class DARQNConfig(QLearningConfig):
+    """DARQN settings. :meth:`DARQN.preset` gives ``atari_paper`` (Sorokin et al.) and a MinAtar size."""
+
+    attention: str = "soft"  # "soft" or "hard"
+    lstm_size: int = 256
+    attention_hidden: int = 256
+    seq_len: int = 4  # unroll length
+    burn_in: int = 0
+    hard_soft_mix: float = 0.5  # hard attention: probability that a training example uses the soft weights
+    reinforce_scale: float = 0.1  # hard attention: scale of the REINFORCE term (the original divides by 10)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.attention not in ("soft", "hard"):
+            raise ValueError(f"attention must be 'soft' or 'hard', got {self.attention!r}")
+
+
+class LocationCNN(nn.Module):
+    """A CNN whose output is a set of location vectors ``(B, L, D)`` rather than one flat vector.
+
+    - Atari ``(C, 84, 84)``: conv 32@8x8/4, 64@4x4/2, 256@3x3/1 -> 7x7 locations of 256 (Sorokin et al.).
+    - MinAtar ``(C, 10, 10)``: conv 32@3x3 and 64@3x3, padding 1 -> 10x10 locations of 64.
+    """
+
+    def __init__(self, obs_shape: tuple[int, ...]) -> None:
+        super().__init__()
+        if len(obs_shape) != 3:
+            raise ValueError(f"DARQN needs image observations (C, 84, 84) or (C, 10, 10); got {tuple(obs_shape)}")
+        channels, height, width = obs_shape
+        if (height, width) == (84, 84):
+            self.conv = nn.Sequential(nn.Conv2d(channels, 32, 8, stride=4), nn.ReLU(),
+                                      nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
+                                      nn.Conv2d(64, 256, 3, stride=1), nn.ReLU())
+            self.scale, self.grid, self.dim = 1 / 255.0, (7, 7), 256
+        elif (height, width) == (10, 10):
+            self.conv = nn.Sequential(nn.Conv2d(channels, 32, 3, padding=1), nn.ReLU(),
+                                      nn.Conv2d(32, 64, 3, padding=1), nn.ReLU())
+            self.scale, self.grid, self.dim = 1.0, (10, 10), 64
+        else:
+            raise ValueError(f"DARQN needs image observations (C, 84, 84) or (C, 10, 10); got {obs_shape}")
+        self.num_locations = self.grid[0] * self.grid[1]
+
+    def forward(self, obs: Tensor) -> Tensor:
+        features = self.conv(obs.float() * self.scale)  # (B, D, H', W')
+        return features.flatten(2).transpose(1, 2)  # (B, L, D), locations in row-major order
+
+
+class DARQNNetwork(nn.Module):
+    """CNN locations -> attention from ``h_{t-1}`` -> LSTM -> Q, unrolled over a sequence."""
+
+    def __init__(self, obs_shape: tuple[int, ...], n_actions: int, config: DARQNConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.cnn = LocationCNN(obs_shape)
+        self.attention = AdditiveAttention(config.lstm_size, self.cnn.dim, config.attention_hidden)
+        self.lstm = nn.LSTMCell(self.cnn.dim, config.lstm_size)
+        self.head = nn.Linear(config.lstm_size, n_actions)
+        self.baseline = nn.Linear(config.lstm_size, 1) if config.attention == "hard" else None
+
+    def forward(self, obs: Tensor, state: LSTMState | None = None,
+                sample: bool = False) -> tuple[Tensor, LSTMState, dict[str, Tensor]]:
+        """Unroll over ``obs`` ``(B, T, C, H, W)`` from ``state`` (zeros if ``None``).
+
+        Args:
+            sample: hard attention samples a location (else it reads the soft expectation); during
+                training, each example uses the soft weights instead with probability ``hard_soft_mix``.
+
+        Returns:
+            Q-values ``(B, T, A)``, the final state, and per step: ``weights`` ``(B, T, L)``, and for hard
+            attention ``log_prob`` of the sampled location, ``sampled`` (which examples sampled), ``baseline``,
+            each ``(B, T)``.
+        """
+        batch, steps = obs.shape[:2]
+        locations = self.cnn(obs.flatten(0, 1)).view(batch, steps, self.cnn.num_locations, -1)  # (B, T, L, D)
+        if state is None:
+            zeros = locations.new_zeros(batch, self.config.lstm_size)
+            state = (zeros, zeros)
+        h, c = state
+        hard = self.config.attention == "hard"
+        outputs: dict[str, list[Tensor]] = {"q": [], "weights": [], "log_prob": [], "sampled": [], "baseline": []}
+        for v in locations.unbind(1):  # v: (B, L, D)
+            weights = torch.softmax(self.attention.scores(h[:, None, :], v)[:, 0], dim=-1)  # (B, L)
+            if hard and sample:
+                index = torch.multinomial(weights, 1)  # (B, 1)
+                chosen = F.one_hot(index[:, 0], weights.shape[-1]).to(weights.dtype)  # (B, L)
+                if self.training:
+                    sampled = torch.rand(batch, device=obs.device) >= self.config.hard_soft_mix  # (B,)
+                else:
+                    sampled = torch.ones(batch, dtype=torch.bool, device=obs.device)
+                read = torch.where(sampled[:, None], chosen, weights)  # (B, L)
+                outputs["log_prob"].append(torch.log(weights.gather(1, index)[:, 0].clamp_min(1e-12)))
+                outputs["sampled"].append(sampled)
+            else:
+                read = weights
+            z = torch.bmm(read[:, None, :], v)[:, 0]  # (B, D)
+            h, c = self.lstm(z, (h, c))
+            outputs["q"].append(self.head(h))
+            outputs["weights"].append(weights)
+            if self.baseline is not None:
+                outputs["baseline"].append(self.baseline(h)[:, 0])
+        extras = {k: torch.stack(v, 1) for k, v in outputs.items() if v and k != "q"}
+        return torch.stack(outputs["q"], 1), (h, c), extras
+
+
+class DARQN(QAgent):
+    """Deep attention recurrent Q-learning, soft or hard, on sequence replay."""
+
+    Config = DARQNConfig
+    recurrent = True
+
+    @classmethod
+    def preset(cls, family: str) -> DARQNConfig:
+        if family == "ALE":
+            return cls.atari_paper()
+        if family == "MinAtar":
+            return DARQNConfig(lr=2.5e-4, batch_size=32, buffer_size=100_000, learning_starts=5_000, train_freq=4,
+                               gradient_steps=1, target_update=1_000, eps_start=1.0, eps_end=0.1, eps_fraction=0.1,
+                               lstm_size=128, attention_hidden=128, seq_len=8)
+        raise ValueError(f"no DARQN preset for env family {family!r}: DARQN attends over image locations")
+
+    @staticmethod
+    def atari_paper(attention: str = "soft") -> DARQNConfig:
+        """Sorokin et al. 2015 exactly: single frames, LSTM 256, unroll 4, centered RMSProp (0.95, 0.01) with the
+        learning rate annealed linearly over 1M steps from 0.01 (soft) or 0.001 (hard) to 0.00025, rewards
+        clipped to [-1, 1], TD error clipped at 1 (Huber), gradients clamped to +-5, epsilon 1 -> 0.1 over 1M of
+        the 5M steps; replay 500k, learning from 25k, an update every 4 steps, the target every 10k."""
+        return DARQNConfig(attention=attention, frame_stack=1, lstm_size=256, attention_hidden=256, seq_len=4,
+                           batch_size=32, buffer_size=500_000, learning_starts=25_000, train_freq=4,
+                           gradient_steps=1, target_update=10_000, gamma=0.99, reward_clip=1.0, loss="huber",
+                           grad_clamp=5.0, max_grad_norm=0.0, optimizer="rmsprop_centered",
+                           lr=0.01 if attention == "soft" else 0.001, lr_end=0.00025, lr_decay_steps=1_000_000,
+                           eps_start=1.0, eps_end=0.1, eps_fraction=0.2, eval_epsilon=0.05, double_dqn=False)
+
+    def __init__(self, obs_shape: tuple[int, ...], n_actions: int, config: DARQNConfig, device: torch.device) -> None:
+        config.validate()
+        super().__init__(obs_shape, n_actions, config, device, DARQNNetwork(tuple(obs_shape), n_actions, config))
+
+    def make_buffer(self, obs_dtype: np.dtype, seed: int) -> SequenceReplayBuffer:
+        c = self.config
+        return SequenceReplayBuffer(c.buffer_size, self.obs_shape, obs_dtype, seq_len=c.burn_in + c.seq_len,
+                                    seed=seed)
+
+    def act(self, obs: np.ndarray, state: LSTMState | None, epsilon: float,
+            rng: np.random.Generator) -> tuple[int, LSTMState]:
+        self.q.eval()
+        with torch.inference_mode():
+            q, state, _ = self.q(torch.as_tensor(obs, device=self.device)[None, None], state, sample=True)
+        self.q.train()
+        if rng.random() < epsilon:
+            return int(rng.integers(self.n_actions)), state
+        return int(q[0, 0].argmax()), state
+
+    def attention_map(self, obs_seq: np.ndarray) -> np.ndarray:
+        """Attention weights ``(T, L)`` over one episode's observations ``(T, C, H, W)``, from a zero state."""
+        self.q.eval()
+        with torch.inference_mode():
+            _, _, extras = self.q(torch.as_tensor(obs_seq, device=self.device)[None], sample=False)
+        self.q.train()
+        return extras["weights"][0].cpu().numpy()
+
+    def loss(self, batch: SequenceBatch) -> tuple[Tensor, dict[str, float]]:
+        """TD loss at every unmasked step; with hard attention, plus REINFORCE and the baseline's fit."""
+        c, to = self.config, lambda x: torch.as_tensor(x, device=self.device)
+        inputs = torch.cat([to(batch.obs[:, :1]), to(batch.next_obs)], dim=1)  # (B, T+1, ...)
+        actions, rewards, terminated = to(batch.actions), to(batch.rewards), to(batch.terminated).float()
+        if c.reward_clip:
+            rewards = rewards.clamp(-c.reward_clip, c.reward_clip)
+        weights = to(batch.mask).float()  # (B, T)
+        weights[:, : c.burn_in] = 0.0
+        q_all, _, extras = self.q(inputs, sample=True)  # (B, T+1, A)
+        q_taken = q_all[:, :-1].gather(2, actions[..., None]).squeeze(2)  # (B, T)
+        with torch.no_grad():
+            next_q = self.target(inputs, sample=True)[0][:, 1:]  # (B, T, A)
+            if c.double_dqn:
+                next_value = next_q.gather(2, q_all[:, 1:].argmax(2, keepdim=True)).squeeze(2)
+            else:
+                next_value = next_q.max(2).values
+            target = rewards + c.gamma * (1.0 - terminated) * next_value  # (B, T)
+        count = weights.sum().clamp(min=1.0)
+        loss = (td_loss(q_taken, target, c.loss) * weights).sum() / count
+        info = {"q": ((q_taken.detach() * weights).sum() / count).item()}
+        entropy = -(extras["weights"] * extras["weights"].clamp_min(1e-12).log()).sum(-1)[:, :-1]  # (B, T)
+        info["attention_entropy"] = ((entropy * weights).sum() / count).item()
+        if c.attention == "hard":
+            baseline = extras["baseline"][:, :-1]  # (B, T): b_t from h_t
+            advantage = (target - baseline).detach()
+            sampled = extras["sampled"][:, :-1].float() * weights
+            reinforce = -(advantage * extras["log_prob"][:, :-1] * sampled).sum() / sampled.sum().clamp(min=1.0)
+            baseline_loss = ((target - baseline) ** 2 * weights).sum() / count
+            loss = loss + c.reinforce_scale * reinforce + baseline_loss
+            info.update(reinforce=reinforce.item(), baseline_loss=baseline_loss.item())
+        return loss, info
+
+    @staticmethod
+    def max_entropy(num_locations: int) -> float:
+        """The entropy of uniform attention over ``num_locations``, for scaling entropy plots."""
+        return math.log(num_locations)
+
+    def num_parameters_by_part(self) -> dict[str, int]:
+        """Parameters of the CNN, attention, LSTM, Q head and (hard) baseline."""
+        net = self.q
+        parts = {"cnn": net.cnn, "attention": net.attention, "lstm": net.lstm, "output": net.head}
+        if net.baseline is not None:
+            parts["baseline"] = net.baseline
+        return {name: sum(p.numel() for p in part.parameters()) for name, part in parts.items()}

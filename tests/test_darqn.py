@@ -1,0 +1,119 @@
+"""DARQN (chapter 6): shapes, attention, the paper's configuration, hard attention's REINFORCE, smoke runs."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from companion.__main__ import main
+from companion.agents import AGENTS, DARQN, DARQNConfig
+from companion.buffers import SequenceBatch
+
+CPU = torch.device("cpu")
+
+
+def _batch(obs_shape, b=4, t=5, seed=0):
+    rng = np.random.default_rng(seed)
+    obs, next_obs = (rng.integers(0, 2, (b, t, *obs_shape), dtype=np.uint8) for _ in range(2))
+    mask = np.ones((b, t), bool)
+    mask[0, 3:] = False
+    terminated = np.zeros((b, t), bool)
+    terminated[0, 2] = True
+    return SequenceBatch(obs, rng.integers(0, 3, (b, t)), rng.normal(size=(b, t)).astype(np.float32), next_obs,
+                         terminated, mask)
+
+
+@pytest.mark.parametrize("attention", ["soft", "hard"])
+def test_shapes_and_attention_weights_sum_to_one(attention):
+    config = dataclasses.replace(DARQN.preset("MinAtar"), attention=attention)
+    agent = DARQN((4, 10, 10), 3, config, CPU)
+    obs = torch.randint(0, 2, (2, 6, 4, 10, 10), dtype=torch.uint8)
+    q, (h, c), extras = agent.q(obs, sample=True)
+    assert q.shape == (2, 6, 3) and h.shape == (2, 128) and extras["weights"].shape == (2, 6, 100)
+    torch.testing.assert_close(extras["weights"].sum(-1), torch.ones(2, 6))
+    if attention == "hard":
+        assert extras["log_prob"].shape == extras["sampled"].shape == extras["baseline"].shape == (2, 6)
+        assert (extras["log_prob"] <= 0).all()
+
+
+def test_atari_paper_config_and_parameter_count():
+    config = DARQN.atari_paper("soft")
+    expected = dict(frame_stack=1, lstm_size=256, seq_len=4, batch_size=32, buffer_size=500_000,
+                    learning_starts=25_000, train_freq=4, target_update=10_000, gamma=0.99, reward_clip=1.0,
+                    loss="huber", grad_clamp=5.0, optimizer="rmsprop_centered", lr=0.01, lr_end=0.00025,
+                    lr_decay_steps=1_000_000, eps_start=1.0, eps_end=0.1, eval_epsilon=0.05)
+    assert {k: getattr(config, k) for k in expected} == expected
+    assert config.eps_fraction * 5_000_000 == 1_000_000  # epsilon anneals over 1M of the paper's 5M steps
+    assert DARQN.atari_paper("hard").lr == 0.001
+    agent = DARQN((1, 84, 84), 18, config, CPU)
+    parts = agent.num_parameters_by_part()
+    # Paper/original code: about 845k in all: CNN 183k, attention 132k, LSTM 526k, output 5k.
+    assert parts["cnn"] == 182_624 and parts["lstm"] == 526_336 and parts["output"] == 4_626
+    assert 131_000 <= parts["attention"] <= 132_000
+    assert 840_000 <= sum(parts.values()) <= 850_000
+    assert isinstance(agent.optimizer, torch.optim.RMSprop)
+
+
+def test_learning_rate_anneals_linearly():
+    config = dataclasses.replace(DARQN.atari_paper("soft"), lr_decay_steps=100)
+    agent = DARQN((1, 84, 84), 4, config, CPU)
+    for step, lr in ((0, 0.01), (50, (0.01 + 0.00025) / 2), (100, 0.00025), (500, 0.00025)):
+        agent.set_step(step)
+        assert agent.optimizer.param_groups[0]["lr"] == pytest.approx(lr)
+
+
+def test_state_resets_at_episode_start_and_acting_matches_unroll():
+    agent = DARQN((4, 10, 10), 3, DARQN.preset("MinAtar"), CPU)
+    obs = np.random.default_rng(0).integers(0, 2, (5, 4, 10, 10), dtype=np.uint8)
+    rng, state = np.random.default_rng(0), agent.initial_state()
+    assert state is None
+    for o in obs:
+        _, state = agent.act(o, state, 0.0, rng)
+    agent.q.eval()
+    with torch.no_grad():
+        _, (h, _), _ = agent.q(torch.as_tensor(obs)[None])
+    torch.testing.assert_close(state[0], h)
+    assert agent.attention_map(obs).shape == (5, 100)
+
+
+def test_hard_attention_loss_is_finite_and_its_baseline_learns():
+    torch.manual_seed(0)
+    config = dataclasses.replace(DARQN.preset("MinAtar"), attention="hard", lstm_size=32, attention_hidden=16)
+    agent = DARQN((4, 10, 10), 3, config, CPU)
+    batch = _batch((4, 10, 10))
+    loss, info = agent.loss(batch)
+    assert torch.isfinite(loss) and np.isfinite(info["reinforce"]) and np.isfinite(info["baseline_loss"])
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in agent.q.parameters() if p.grad is not None)
+    assert agent.q.baseline.weight.grad.abs().sum() > 0
+    # With every step terminal and rewarded 3, every target is exactly 3: a baseline that learns reaches it.
+    batch.rewards[:] = 3.0
+    batch.terminated[:] = True
+    optimizer = torch.optim.Adam(agent.q.baseline.parameters(), lr=0.05)
+    losses = []
+    for _ in range(100):  # fit only the baseline
+        loss, info = agent.loss(batch)
+        losses.append(info["baseline_loss"])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert losses[-1] < 0.05 * losses[0]
+
+
+def test_darqn_refuses_vector_observations():
+    with pytest.raises(ValueError, match="image observations"):
+        DARQN((4,), 2, DARQNConfig(), CPU)
+    assert AGENTS["darqn"] is DARQN
+
+
+@pytest.mark.parametrize(("env_id", "extra"), [
+    ("MinAtar/Breakout-v1", ["--steps", "300", "--set", "learning_starts=100", "--set", "attention=hard"]),
+    ("ALE/Pong-v5", ["--steps", "120", "--set", "learning_starts=60", "--set", "batch_size=2",
+                     "--set", "buffer_size=200"]),
+])
+def test_darqn_cli_smoke(tmp_path, capsys, env_id, extra):
+    out = tmp_path / "run"
+    assert main(["train", "--algo", "darqn", "--env", env_id, "--budget", "quick", "--out", str(out),
+                 "--no-progress", *extra]) == 0
+    assert "done:" in capsys.readouterr().out
