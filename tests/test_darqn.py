@@ -30,7 +30,7 @@ def test_shapes_and_attention_weights_sum_to_one(attention):
     agent = DARQN((4, 10, 10), 3, config, CPU)
     obs = torch.randint(0, 2, (2, 6, 4, 10, 10), dtype=torch.uint8)
     q, (h, c), extras = agent.q(obs, sample=True)
-    assert q.shape == (2, 6, 3) and h.shape == (2, 128) and extras["weights"].shape == (2, 6, 100)
+    assert q.shape == (2, 6, 3) and h.shape == (2, 128) and extras["weights"].shape == (2, 6, 64)
     torch.testing.assert_close(extras["weights"].sum(-1), torch.ones(2, 6))
     if attention == "hard":
         assert extras["log_prob"].shape == extras["sampled"].shape == extras["baseline"].shape == (2, 6)
@@ -74,7 +74,7 @@ def test_state_resets_at_episode_start_and_acting_matches_unroll():
     with torch.no_grad():
         _, (h, _), _ = agent.q(torch.as_tensor(obs)[None])
     torch.testing.assert_close(state[0], h)
-    assert agent.attention_map(obs).shape == (5, 100)
+    assert agent.attention_map(obs).shape == (5, 64)
 
 
 def test_hard_attention_loss_is_finite_and_its_baseline_learns():

@@ -64,7 +64,8 @@ class LocationCNN(nn.Module):
     """A CNN whose output is a set of location vectors ``(B, L, D)`` rather than one flat vector.
 
     - Atari ``(C, 84, 84)``: conv 32@8x8/4, 64@4x4/2, 256@3x3/1 -> 7x7 locations of 256 (Sorokin et al.).
-    - MinAtar ``(C, 10, 10)``: conv 32@3x3 and 64@3x3, padding 1 -> 10x10 locations of 64.
+    - MinAtar ``(C, 10, 10)``: one conv 32@3x3/1, as MinAtar's own network (16 filters there) -> 8x8
+      locations of 32.
     """
 
     def __init__(self, obs_shape: tuple[int, ...]) -> None:
@@ -78,9 +79,8 @@ class LocationCNN(nn.Module):
                                       nn.Conv2d(64, 256, 3, stride=1), nn.ReLU())
             self.scale, self.grid, self.dim = 1 / 255.0, (7, 7), 256
         elif (height, width) == (10, 10):
-            self.conv = nn.Sequential(nn.Conv2d(channels, 32, 3, padding=1), nn.ReLU(),
-                                      nn.Conv2d(32, 64, 3, padding=1), nn.ReLU())
-            self.scale, self.grid, self.dim = 1.0, (10, 10), 64
+            self.conv = nn.Sequential(nn.Conv2d(channels, 32, 3), nn.ReLU())
+            self.scale, self.grid, self.dim = 1.0, (8, 8), 32
         else:
             raise ValueError(f"DARQN needs image observations (C, 84, 84) or (C, 10, 10); got {obs_shape}")
         self.num_locations = self.grid[0] * self.grid[1]
