@@ -115,10 +115,17 @@ def test_drqn_loss_ignores_masked_positions_and_burn_in():
 
 
 def test_registry_and_presets():
-    assert set(AGENTS) >= {"dqn", "drqn"}
-    for cls in AGENTS.values():
-        for family in ("gym", "popgym", "MinAtar", "ALE"):
+    assert set(AGENTS) >= {"dqn", "drqn", "darqn"}
+    image_only = {"darqn"}  # attention over image locations
+    for name, cls in AGENTS.items():
+        for family in ("MinAtar", "ALE"):
             cls.preset(family).validate()
+        for family in ("gym", "popgym"):
+            if name in image_only:
+                with pytest.raises(ValueError, match="image locations"):
+                    cls.preset(family)
+            else:
+                cls.preset(family).validate()
         with pytest.raises(ValueError, match="no .* preset"):
             cls.preset("mujoco")
     with pytest.raises(ValueError, match="loss"):
