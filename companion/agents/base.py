@@ -18,7 +18,8 @@ from torch import nn
 
 from companion.buffers import ReplayBuffer
 
-__all__ = ["Agent", "QAgent", "QLearningConfig", "linear_schedule", "make_optimizer", "td_loss"]
+__all__ = ["Agent", "QAgent", "QLearningConfig", "SequenceTensors", "linear_schedule", "make_optimizer",
+           "sequence_td", "sequence_tensors", "td_loss"]
 
 
 @dataclasses.dataclass
@@ -188,3 +189,60 @@ class QAgent(Agent):
 
     def modules(self) -> dict[str, nn.Module | torch.optim.Optimizer]:
         return {"q": self.q, "target": self.target, "optimizer": self.optimizer}
+
+
+@dataclasses.dataclass
+class SequenceTensors:
+    """A sequence batch as tensors, ready for a recurrent Q-network.
+
+    ``inputs`` is ``[o_0, o_1', ..., o_T']`` ``(B, T+1, ...)``: the network's output at position ``t``
+    values ``o_t`` for ``t < T`` and ``o_t'`` (the next observation of step ``t - 1``) for ``t >= 1``, from
+    a state that has seen the window up to it. ``weights`` ``(B, T)`` is 1 where the loss applies: valid
+    (before the window's episode ended) and past the burn-in.
+    """
+
+    inputs: torch.Tensor
+    actions: torch.Tensor
+    rewards: torch.Tensor  # clipped if the config says so
+    terminated: torch.Tensor  # float 0/1
+    weights: torch.Tensor
+
+    def masked_mean(self, values: torch.Tensor) -> torch.Tensor:
+        """The mean of ``values`` ``(B, T)`` over the positions where the loss applies."""
+        return (values * self.weights).sum() / self.weights.sum().clamp(min=1.0)
+
+
+def sequence_tensors(batch: Any, config: QLearningConfig, device: torch.device, burn_in: int) -> SequenceTensors:
+    """Turn a :class:`~companion.buffers.SequenceBatch` into :class:`SequenceTensors`."""
+
+    def to(x: Any) -> torch.Tensor:
+        return torch.as_tensor(x, device=device)
+
+    rewards = to(batch.rewards)
+    if config.reward_clip:
+        rewards = rewards.clamp(-config.reward_clip, config.reward_clip)
+    weights = to(batch.mask).float()  # (B, T)
+    weights[:, :burn_in] = 0.0
+    inputs = torch.cat([to(batch.obs[:, :1]), to(batch.next_obs)], dim=1)  # (B, T+1, ...)
+    return SequenceTensors(inputs, to(batch.actions), rewards, to(batch.terminated).float(), weights)
+
+
+def sequence_td(q_all: torch.Tensor, next_q: torch.Tensor, seq: SequenceTensors,
+                config: QLearningConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The TD loss at every position of a window, averaged where it applies.
+
+    Args:
+        q_all: the online network's Q-values over ``seq.inputs``, ``(B, T+1, A)``.
+        next_q: the target network's Q-values at positions ``1..T``, ``(B, T, A)`` (no gradient).
+
+    Returns:
+        ``(loss, target, q_taken)``; ``target`` and ``q_taken`` are ``(B, T)``.
+    """
+    q_taken = q_all[:, :-1].gather(2, seq.actions[..., None]).squeeze(2)  # (B, T)
+    with torch.no_grad():
+        if config.double_dqn:  # the online net chooses, the target net evaluates
+            next_value = next_q.gather(2, q_all[:, 1:].argmax(2, keepdim=True)).squeeze(2)
+        else:
+            next_value = next_q.max(2).values
+        target = seq.rewards + config.gamma * (1.0 - seq.terminated) * next_value  # (B, T)
+    return seq.masked_mean(td_loss(q_taken, target, config.loss)), target, q_taken

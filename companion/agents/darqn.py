@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from companion.agents.base import QAgent, QLearningConfig, td_loss
+from companion.agents.base import QAgent, QLearningConfig, sequence_td, sequence_tensors
 from companion.attention import AdditiveAttention
 from companion.buffers import SequenceBatch, SequenceReplayBuffer
 
@@ -205,33 +205,21 @@ class DARQN(QAgent):
 
     def loss(self, batch: SequenceBatch) -> tuple[Tensor, dict[str, float]]:
         """TD loss at every unmasked step; with hard attention, plus REINFORCE and the baseline's fit."""
-        c, to = self.config, lambda x: torch.as_tensor(x, device=self.device)
-        inputs = torch.cat([to(batch.obs[:, :1]), to(batch.next_obs)], dim=1)  # (B, T+1, ...)
-        actions, rewards, terminated = to(batch.actions), to(batch.rewards), to(batch.terminated).float()
-        if c.reward_clip:
-            rewards = rewards.clamp(-c.reward_clip, c.reward_clip)
-        weights = to(batch.mask).float()  # (B, T)
-        weights[:, : c.burn_in] = 0.0
-        q_all, _, extras = self.q(inputs, sample=True)  # (B, T+1, A)
-        q_taken = q_all[:, :-1].gather(2, actions[..., None]).squeeze(2)  # (B, T)
+        c = self.config
+        seq = sequence_tensors(batch, c, self.device, c.burn_in)
+        q_all, _, extras = self.q(seq.inputs, sample=True)  # (B, T+1, A)
         with torch.no_grad():
-            next_q = self.target(inputs, sample=True)[0][:, 1:]  # (B, T, A)
-            if c.double_dqn:
-                next_value = next_q.gather(2, q_all[:, 1:].argmax(2, keepdim=True)).squeeze(2)
-            else:
-                next_value = next_q.max(2).values
-            target = rewards + c.gamma * (1.0 - terminated) * next_value  # (B, T)
-        count = weights.sum().clamp(min=1.0)
-        loss = (td_loss(q_taken, target, c.loss) * weights).sum() / count
-        info = {"q": ((q_taken.detach() * weights).sum() / count).item()}
+            next_q = self.target(seq.inputs, sample=True)[0][:, 1:]  # (B, T, A)
+        loss, target, q_taken = sequence_td(q_all, next_q, seq, c)
+        info = {"q": seq.masked_mean(q_taken.detach()).item()}
         entropy = -(extras["weights"] * extras["weights"].clamp_min(1e-12).log()).sum(-1)[:, :-1]  # (B, T)
-        info["attention_entropy"] = ((entropy * weights).sum() / count).item()
+        info["attention_entropy"] = seq.masked_mean(entropy).item()
         if c.attention == "hard":
             baseline = extras["baseline"][:, :-1]  # (B, T): b_t from h_t
             advantage = (target - baseline).detach()
-            sampled = extras["sampled"][:, :-1].float() * weights
+            sampled = extras["sampled"][:, :-1].float() * seq.weights
             reinforce = -(advantage * extras["log_prob"][:, :-1] * sampled).sum() / sampled.sum().clamp(min=1.0)
-            baseline_loss = ((target - baseline) ** 2 * weights).sum() / count
+            baseline_loss = seq.masked_mean((target - baseline) ** 2)
             loss = loss + c.reinforce_scale * reinforce + baseline_loss
             info.update(reinforce=reinforce.item(), baseline_loss=baseline_loss.item())
         return loss, info

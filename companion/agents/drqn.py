@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from companion.agents.base import QAgent, QLearningConfig, td_loss
+from companion.agents.base import QAgent, QLearningConfig, sequence_td, sequence_tensors
 from companion.buffers import SequenceBatch, SequenceReplayBuffer
 from companion.networks import make_encoder
 
@@ -106,24 +106,9 @@ class DRQN(QAgent):
 
     def loss(self, batch: SequenceBatch) -> tuple[torch.Tensor, dict[str, float]]:
         """The TD loss averaged over the unmasked positions after the burn-in, and scalars to log."""
-        c, to = self.config, lambda x: torch.as_tensor(x, device=self.device)
-        # Inputs [o_0, o_1', ..., o_T']: output t values o_t for t < T and o_t' for t >= 1.
-        inputs = torch.cat([to(batch.obs[:, :1]), to(batch.next_obs)], dim=1)  # (B, T+1, ...)
-        actions, rewards = to(batch.actions), to(batch.rewards)
-        terminated = to(batch.terminated).float()
-        if c.reward_clip:
-            rewards = rewards.clamp(-c.reward_clip, c.reward_clip)
-        weights = to(batch.mask).float()  # (B, T)
-        weights[:, : c.burn_in] = 0.0
-        q_all, _ = self.q(inputs)  # (B, T+1, A), from a zero state
-        q_taken = q_all[:, :-1].gather(2, actions[..., None]).squeeze(2)  # (B, T)
+        seq = sequence_tensors(batch, self.config, self.device, self.config.burn_in)
+        q_all, _ = self.q(seq.inputs)  # (B, T+1, A), from a zero state
         with torch.no_grad():
-            next_q = self.target(inputs)[0][:, 1:]  # (B, T, A)
-            if c.double_dqn:
-                next_value = next_q.gather(2, q_all[:, 1:].argmax(2, keepdim=True)).squeeze(2)
-            else:
-                next_value = next_q.max(2).values
-            target = rewards + c.gamma * (1.0 - terminated) * next_value  # (B, T)
-        count = weights.sum().clamp(min=1.0)
-        loss = (td_loss(q_taken, target, c.loss) * weights).sum() / count
-        return loss, {"q": ((q_taken.detach() * weights).sum() / count).item()}
+            next_q = self.target(seq.inputs)[0][:, 1:]  # (B, T, A)
+        loss, _, q_taken = sequence_td(q_all, next_q, seq, self.config)
+        return loss, {"q": seq.masked_mean(q_taken.detach()).item()}
