@@ -73,23 +73,26 @@ def register_envs() -> None:
         return
     for module_name in ENV_FAMILIES.values():
         try:
-            if module_name == "minatar":  # minatar.gym logs a warning when seaborn (for rendering) is absent
-                logging.disable(logging.WARNING)
             module = importlib.import_module(module_name)
         except ImportError:  # an optional family; make_env reports it by name if it is asked for
             continue
-        finally:
-            logging.disable(logging.NOTSET)
         if module_name == "ale_py":
             gym.register_envs(module)
             # The ALE prints a banner to stderr when its first game starts; keep only its errors.
             module.ALEInterface.setLoggerMode(module.LoggerMode.Error)
         elif module_name == "minatar":
-            from minatar.gym import register_envs as register_minatar
+            # minatar.gym logs a warning when seaborn (only used for rendering) is missing, and its -v0 ids
+            # warn that they are out of date: silence both, then restore the logging level the user had.
+            previous = logging.root.manager.disable
+            logging.disable(logging.WARNING)
+            try:
+                from minatar.gym import register_envs as register_minatar
 
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                register_minatar()
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    register_minatar()
+            finally:
+                logging.disable(previous)
     _REGISTERED = True
 
 
