@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from companion.agents.base import linear_schedule  # noqa: E402
 from companion.train import build_config, evaluate, train  # noqa: E402
 
 SETTINGS = dict(lr=2.3e-3, batch_size=64, buffer_size=100_000, learning_starts=1_000, target_update=10,
@@ -75,7 +76,7 @@ def loop_overhead(result, steps: int, wall: float) -> dict[str, float]:
     obs, _ = env.reset(seed=0)
     t_env = t_act = t_add = 0.0
     for step in range(steps):
-        epsilon = max(config.eps_end, 1.0 - step / (config.eps_fraction * steps) * (1.0 - config.eps_end))
+        epsilon = linear_schedule(config.eps_start, config.eps_end, int(config.eps_fraction * steps), step)
         t0 = time.perf_counter()
         action, _ = agent.act(obs, None, epsilon, rng)
         t1 = time.perf_counter()

@@ -87,8 +87,7 @@ def build_config(algo: str, env_id: str, *, seed: int = 0, budget: str | None = 
             setattr(run, key, _coerce(value, getattr(run, key), key))
         else:
             raise ValueError(f"unknown setting {key!r} for {algo}; valid: {', '.join(sorted(agent_keys | run_keys))}")
-    steps = _STEPS.get(family, _STEPS["gym"])
-    run.total_steps = run.total_steps or steps[budget]
+    run.total_steps = run.total_steps or _STEPS[family][budget]
     run.eval_every = run.eval_every or (max(run.total_steps // 2, 1) if budget == "quick" else _EVAL_EVERY[family])
     run.eval_episodes = run.eval_episodes or by_budget(quick=2, book=10, full=10, budget=budget)
     run.checkpoint_every = run.checkpoint_every or max(run.total_steps // 10, 1)
