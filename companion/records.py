@@ -7,10 +7,14 @@ A run directory holds
   seed, budget, wall time, steps done;
 - ``metrics.csv``: one row per training episode: ``episode, step, return, length``;
 - ``eval.csv``: one row per evaluation: ``step, mean_return, std_return, episodes``;
+- ``updates.csv``: the agent's training scalars (loss, mean Q, and e.g. DARQN's attention entropy),
+  averaged over the updates of each block of :data:`UPDATE_LOG_EVERY` env steps: ``step, <name>...``;
+- ``policy.pt``: the online network's weights at the end of the run (small; committed where a chapter
+  draws from a trained agent);
 - ``checkpoint.pt`` (networks, optimizer, counters, random states) and ``replay.pt`` (the replay
   buffer), both loadable with ``torch.load(..., weights_only=True)``: loading them runs no code.
 
-``metrics.csv`` and ``eval.csv`` hold nothing that depends on timing, so two runs with the same seed
+The CSVs hold nothing that depends on timing, so two runs with the same seed
 on the same machine produce identical files.
 """
 
@@ -29,10 +33,11 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["METRICS_FIELDS", "EVAL_FIELDS", "RunDir", "provenance", "read_csv", "results_dir"]
+__all__ = ["METRICS_FIELDS", "EVAL_FIELDS", "UPDATE_LOG_EVERY", "RunDir", "provenance", "read_csv", "results_dir"]
 
 METRICS_FIELDS = ("episode", "step", "return", "length")
 EVAL_FIELDS = ("step", "mean_return", "std_return", "episodes")
+UPDATE_LOG_EVERY = 1_000  # env steps per row of updates.csv
 
 
 def _git(*args: str) -> str | None:
@@ -88,6 +93,8 @@ class RunDir:
     meta_path = property(lambda self: self.path / "meta.json")
     metrics_path = property(lambda self: self.path / "metrics.csv")
     eval_path = property(lambda self: self.path / "eval.csv")
+    updates_path = property(lambda self: self.path / "updates.csv")
+    policy_path = property(lambda self: self.path / "policy.pt")
     checkpoint_path = property(lambda self: self.path / "checkpoint.pt")
     replay_path = property(lambda self: self.path / "replay.pt")
 
@@ -123,6 +130,19 @@ class RunDir:
     def evals(self) -> dict[str, np.ndarray]:
         return read_csv(self.eval_path)
 
+    def updates(self) -> dict[str, np.ndarray]:
+        """The training scalars (empty if the run logged none)."""
+        return read_csv(self.updates_path) if self.updates_path.exists() else {}
+
+    def append_updates(self, step: int, means: dict[str, float]) -> None:
+        """Append one row of averaged training scalars; the first row writes the header."""
+        new = not self.updates_path.exists()
+        with open(self.updates_path, "a", newline="") as f:
+            writer = csv.writer(f, lineterminator="\n")
+            if new:
+                writer.writerow(("step", *means))
+            writer.writerow((step, *(f"{v:.6g}" for v in means.values())))
+
     def append(self, which: str, row: tuple) -> None:
         """Append a row to ``"metrics"`` or ``"eval"``."""
         path = self.metrics_path if which == "metrics" else self.eval_path
@@ -131,7 +151,9 @@ class RunDir:
 
     def truncate_after(self, step: int) -> None:
         """Drop CSV rows written after ``step``: they belong to the part of a run a resume replays."""
-        for path in (self.metrics_path, self.eval_path):
+        for path in (self.metrics_path, self.eval_path, self.updates_path):
+            if not path.exists():
+                continue
             lines = path.read_text().splitlines(keepends=True)
             header, rows = lines[0], lines[1:]
             column = header.strip().split(",").index("step")
@@ -146,6 +168,12 @@ class RunDir:
             tmp = target.with_suffix(".tmp")
             torch.save(payload, tmp)
             tmp.replace(target)
+
+    def save_policy(self, state: dict[str, Any]) -> None:
+        """Write ``policy.pt``: the online network's ``state_dict``, enough to act and draw attention maps."""
+        tmp = self.policy_path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(self.policy_path)
 
     def load_checkpoint(self, with_replay: bool = True) -> tuple[dict[str, Any], dict[str, Any] | None]:
         """Load with ``weights_only=True``: tensors and plain data only, never code."""

@@ -28,7 +28,7 @@ from companion.agents import AGENTS, Agent
 from companion.agents.base import linear_schedule
 from companion.budget import by_budget, get_budget
 from companion.envs import check_discrete_actions, env_family, make_env
-from companion.records import RunDir, now, provenance
+from companion.records import UPDATE_LOG_EVERY, RunDir, now, provenance
 from companion.utils import get_device, progress, seed_everything
 
 __all__ = ["RunConfig", "TrainResult", "build_config", "evaluate", "load_agent", "make_run_env", "saved_config",
@@ -215,6 +215,8 @@ def train(run: RunConfig, agent_config: Any, out: str | Path, *, resume: bool = 
     explore_rng = np.random.default_rng([run.seed, 0xE8])
     step = episode = 0
     meta: dict[str, Any] = {}
+    update_sums: dict[str, float] = {}  # training scalars summed since the last row of updates.csv
+    update_count = 0
     if resume:
         state, replay = run_dir.load_checkpoint()
         agent.load_state_dict(state["agent"])
@@ -224,6 +226,7 @@ def train(run: RunConfig, agent_config: Any, out: str | Path, *, resume: bool = 
         explore_rng.bit_generator.state = json.loads(state["explore_rng"])
         torch.set_rng_state(state["torch_rng"])
         step, episode = int(state["step"]), int(state["episode"])
+        update_sums, update_count = json.loads(state.get("update_log", '[{}, 0]'))
         run_dir.truncate_after(step)
         meta = run_dir.meta()
         meta["resumed"] = meta.get("resumed", 0) + 1
@@ -239,7 +242,8 @@ def train(run: RunConfig, agent_config: Any, out: str | Path, *, resume: bool = 
 
     def save() -> None:
         state = {"agent": agent.state_dict(), "step": step, "episode": episode,
-                 "explore_rng": json.dumps(explore_rng.bit_generator.state), "torch_rng": torch.get_rng_state()}
+                 "explore_rng": json.dumps(explore_rng.bit_generator.state), "torch_rng": torch.get_rng_state(),
+                 "update_log": json.dumps([update_sums, update_count])}
         run_dir.save_checkpoint(state, buffer.state_dict())
 
     obs, _ = env.reset(seed=_episode_seed(run.seed, episode))
@@ -263,7 +267,12 @@ def train(run: RunConfig, agent_config: Any, out: str | Path, *, resume: bool = 
             if step > c.learning_starts and step % c.train_freq == 0:
                 agent.set_step(step)
                 for _ in range(c.gradient_steps):
-                    agent.update(buffer)
+                    for key, value in agent.update(buffer).items():
+                        update_sums[key] = update_sums.get(key, 0.0) + value
+                    update_count += 1
+            if step % UPDATE_LOG_EVERY == 0 and update_count:
+                run_dir.append_updates(step, {k: v / update_count for k, v in update_sums.items()})
+                update_sums, update_count = {}, 0
             if step % c.target_update == 0:
                 agent.sync_target()
             if step % run.eval_every == 0 or step == run.total_steps:
@@ -290,6 +299,7 @@ def train(run: RunConfig, agent_config: Any, out: str | Path, *, resume: bool = 
                     break
         if not interrupted:
             save()  # the end of the run: a mid-episode stop, but nothing follows it
+            run_dir.save_policy(agent.q.state_dict())
     bar.update(step - bar.n)
     bar.close()
     wall = time.perf_counter() - start
@@ -304,12 +314,21 @@ def train(run: RunConfig, agent_config: Any, out: str | Path, *, resume: bool = 
 
 
 def load_agent(run_dir: str | Path, device: str | None = None) -> tuple[Agent, RunConfig, Any]:
-    """Rebuild a trained agent from a run directory's ``config.json`` and ``checkpoint.pt``."""
+    """Rebuild a trained agent from a run directory: from ``checkpoint.pt`` where there is one, else from
+    the final ``policy.pt`` (the online network only, which is what a fresh clone has)."""
     run, agent_config = saved_config(run_dir)
     env = make_run_env(run, agent_config)
     agent = AGENTS[run.algo](env.observation_space.shape, int(env.action_space.n), agent_config,
                              get_device(device or run.device or None))
-    state, _ = RunDir(run_dir).load_checkpoint(with_replay=False)
-    agent.load_state_dict(state["agent"])
+    records = RunDir(run_dir)
+    if records.checkpoint_path.exists():
+        state, _ = records.load_checkpoint(with_replay=False)
+        agent.load_state_dict(state["agent"])
+    elif records.policy_path.exists():
+        policy = torch.load(records.policy_path, map_location=agent.device, weights_only=True)
+        agent.q.load_state_dict(policy)
+        agent.target.load_state_dict(policy)
+    else:
+        raise FileNotFoundError(f"{records.path} has neither checkpoint.pt nor policy.pt")
     env.close()
     return agent, run, agent_config

@@ -36,12 +36,15 @@ def test_run_directory_contents_and_provenance(tmp_path):
     assert metrics["step"][-1] <= 1200 and np.all(np.diff(metrics["step"]) > 0)
     assert metrics["length"].sum() == metrics["step"][-1]
     assert list(evals["step"]) == [600, 1200] and (evals["episodes"] == 2).all()
+    updates = run.updates()  # one row per 1000 env steps, averaged over the updates in it
+    assert list(updates["step"]) == [1000] and {"loss", "q"} <= set(updates)
+    assert np.isfinite(updates["loss"]).all()
 
 
 def test_same_seed_gives_identical_records(tmp_path):
     _run(tmp_path, "a")
     _run(tmp_path, "b")
-    for name in ("metrics.csv", "eval.csv"):
+    for name in ("metrics.csv", "eval.csv", "updates.csv"):
         assert filecmp.cmp(tmp_path / "a" / name, tmp_path / "b" / name, shallow=False), name
 
 
@@ -53,7 +56,7 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, algo):
     assert part.interrupted and 500 <= part.steps < 1200
     resumed = train(None, None, tmp_path / "part", resume=True, show_progress=False)
     assert resumed.steps == 1200 and not resumed.interrupted
-    for name in ("metrics.csv", "eval.csv"):
+    for name in ("metrics.csv", "eval.csv", "updates.csv"):
         assert filecmp.cmp(tmp_path / "whole" / name, tmp_path / "part" / name, shallow=False), name
     for p, q in zip(whole.agent.q.parameters(), resumed.agent.q.parameters(), strict=True):
         assert torch.equal(p, q)
@@ -67,6 +70,18 @@ def test_checkpoint_loads_with_weights_only_and_rebuilds_the_agent(tmp_path):
     agent, run, _ = load_agent(tmp_path / "a")
     obs = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
     np.testing.assert_array_equal(agent.q_values(obs), result.agent.q_values(obs))
+
+
+def test_policy_file_alone_rebuilds_the_agent(tmp_path):
+    """A fresh clone has policy.pt but not the git-ignored checkpoint: load_agent falls back to it."""
+    result = _run(tmp_path, "a")
+    (tmp_path / "a" / "checkpoint.pt").unlink()
+    agent, _, _ = load_agent(tmp_path / "a")
+    obs = np.random.default_rng(1).normal(size=(3, 4)).astype(np.float32)
+    np.testing.assert_array_equal(agent.q_values(obs), result.agent.q_values(obs))
+    (tmp_path / "a" / "policy.pt").unlink()
+    with pytest.raises(FileNotFoundError, match="neither checkpoint.pt nor policy.pt"):
+        load_agent(tmp_path / "a")
 
 
 def test_refuses_to_overwrite_a_run(tmp_path):
