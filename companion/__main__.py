@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     plot = commands.add_parser("plot", help="learning curves, mean and 95%% interval across seeds")
     plot.add_argument("run_dirs", type=Path, nargs="+")
     plot.add_argument("-o", "--output", type=Path, default=Path("curves.png"))
-    plot.add_argument("--kind", choices=("eval", "train"), default="eval")
+    plot.add_argument("--kind", default="eval",
+                      help="eval, train, or update:NAME for a column of updates.csv (e.g. update:attention_entropy)")
     plot.add_argument("--title", default=None)
 
     commands.add_parser("check", help="check the installation: versions, device, one step of each env family")

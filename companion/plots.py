@@ -41,8 +41,14 @@ class Curve:
 
 def load_curve(run_dir: str | Path, kind: str = "eval", window: int = 10) -> Curve:
     """``kind="eval"``: mean evaluation return against steps. ``kind="train"``: the running mean of the
-    last ``window`` training-episode returns against steps."""
+    last ``window`` training-episode returns against steps. ``kind="update:NAME"``: a training scalar from
+    ``updates.csv`` (e.g. ``update:attention_entropy``), averaged over each 1k steps."""
     run = RunDir(run_dir)
+    if kind.startswith("update:"):
+        name, data = kind.split(":", 1)[1], run.updates()
+        if name not in data:
+            raise ValueError(f"{run.path} logged no {name!r}; it has: {', '.join(sorted(data)) or 'nothing'}")
+        return Curve(data["step"], data[name])
     if kind == "eval":
         data = run.evals()
         return Curve(data["step"], data["mean_return"])
@@ -51,7 +57,7 @@ def load_curve(run_dir: str | Path, kind: str = "eval", window: int = 10) -> Cur
         returns = data["return"]
         running = np.array([returns[max(0, i - window + 1): i + 1].mean() for i in range(len(returns))])
         return Curve(data["step"], running)
-    raise ValueError(f"kind must be 'eval' or 'train', got {kind!r}")
+    raise ValueError(f"kind must be 'eval', 'train' or 'update:NAME', got {kind!r}")
 
 
 def aggregate(curves: Sequence[Curve], grid: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
@@ -75,12 +81,14 @@ def aggregate(curves: Sequence[Curve], grid: np.ndarray | None = None) -> tuple[
 
 
 def group_runs(run_dirs: Iterable[str | Path]) -> dict[str, list[Path]]:
-    """Group run directories by what differs except the seed: ``"dqn CartPole-v1 hide=1,3"`` -> dirs."""
+    """Group run directories by what differs except the seed: ``"dqn CartPole-v1 hide=1,3"`` -> dirs.
+    DARQN runs carry their attention: ``"darqn-soft MinAtar/Seaquest-v1"``."""
     groups: dict[str, list[Path]] = {}
     for path in run_dirs:
         config = RunDir(path).config()
         run, stack = config["run"], config["agent"].get("frame_stack", 1)
-        label = f"{run['algo']}{f' stack{stack}' if stack > 1 else ''} {run['env_id']}"
+        algo = run["algo"] + (f"-{config['agent']['attention']}" if "attention" in config["agent"] else "")
+        label = f"{algo}{f' stack{stack}' if stack > 1 else ''} {run['env_id']}"
         if run.get("hide"):
             label += " hide=" + ",".join(str(i) for i in run["hide"])
         if run.get("flicker"):
@@ -107,7 +115,8 @@ def plot_curves(groups: dict[str, Sequence[str | Path]], ax=None, kind: str = "e
         ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
         max_step = max(max_step, float(np.nanmax(steps)) if len(steps) else 0.0)
     ax.set_xlabel(f"environment steps (up to {max_step:,.0f})")
-    ax.set_ylabel("evaluation return" if kind == "eval" else "training return (mean of 10 episodes)")
+    ylabels = {"eval": "evaluation return", "train": "training return (mean of 10 episodes)"}
+    ax.set_ylabel(ylabels.get(kind, kind.split(":")[-1].replace("_", " ")))
     if title:
         ax.set_title(title)
     ax.legend(fontsize="small")

@@ -46,6 +46,7 @@ class RunConfig:
     total_steps: int = 0  # 0: by budget and env family
     eval_every: int = 0  # 0: by budget and env family
     eval_episodes: int = 0  # 0: by budget
+    eval_steps: int = 0  # > 0: evaluate for this many env steps instead (Atari papers: 25k on ALE, full budget)
     hide: tuple[int, ...] = ()  # observation dimensions to hide (POMDP)
     flicker: float = 0.0  # probability of blanking an observation (POMDP)
     checkpoint_every: int = 0  # env steps between checkpoints (at the next episode end); 0: by budget
@@ -62,6 +63,7 @@ _STEPS = {
     "ALE": dict(quick=1_000, book=100_000, full=5_000_000),
 }
 _EVAL_EVERY = {"gym": 5_000, "popgym": 5_000, "MinAtar": 10_000, "ALE": 50_000}
+_EVAL_STEPS_FULL = {"ALE": 25_000}  # the full budget evaluates by steps, as Mnih et al. and Sorokin et al. do
 
 
 def build_config(algo: str, env_id: str, *, seed: int = 0, budget: str | None = None, total_steps: int = 0,
@@ -90,6 +92,8 @@ def build_config(algo: str, env_id: str, *, seed: int = 0, budget: str | None = 
     run.total_steps = run.total_steps or _STEPS[family][budget]
     run.eval_every = run.eval_every or (max(run.total_steps // 2, 1) if budget == "quick" else _EVAL_EVERY[family])
     run.eval_episodes = run.eval_episodes or by_budget(quick=2, book=10, full=10, budget=budget)
+    if budget == "full" and not run.eval_steps:
+        run.eval_steps = _EVAL_STEPS_FULL.get(family, 0)
     run.checkpoint_every = run.checkpoint_every or max(run.total_steps // 10, 1)
     if budget == "quick":  # sizes shrink with the steps so that a quick run still learns a little
         agent.learning_starts = min(agent.learning_starts, run.total_steps // 4)
@@ -136,11 +140,17 @@ def saved_config(run_dir: str | Path | RunDir) -> tuple[RunConfig, Any]:
     return run, agent
 
 
-def evaluate(agent: Agent, env: Any, episodes: int, epsilon: float, seed: int) -> list[float]:
-    """Returns of ``episodes`` episodes at ``epsilon``, each reset with its own seed derived from ``seed``."""
+def evaluate(agent: Agent, env: Any, episodes: int, epsilon: float, seed: int, max_steps: int = 0) -> list[float]:
+    """Returns of evaluation episodes at ``epsilon``, each reset with its own seed derived from ``seed``.
+
+    ``max_steps == 0``: exactly ``episodes`` episodes. ``max_steps > 0``: episodes until ``max_steps`` env
+    steps are spent (the protocol of the Atari papers: "25k steps"); the episode cut off by the limit is
+    dropped unless no episode finished, in which case its partial return is the only one.
+    """
     rng = np.random.default_rng([seed, 0xE7A1])
-    returns = []
-    for episode in range(episodes):
+    returns: list[float] = []
+    steps_left = max_steps
+    for episode in range(episodes if not max_steps else 2**62):
         obs, _ = env.reset(seed=_episode_seed(seed, episode, stream=1))
         state, total, done = agent.initial_state(), 0.0, False
         while not done:
@@ -148,7 +158,13 @@ def evaluate(agent: Agent, env: Any, episodes: int, epsilon: float, seed: int) -
             obs, reward, terminated, truncated, _ = env.step(action)
             total += float(reward)
             done = terminated or truncated
+            if max_steps:
+                steps_left -= 1
+                if steps_left == 0 and not done:
+                    return returns or [total]
         returns.append(total)
+        if max_steps and steps_left == 0:
+            break
     return returns
 
 
@@ -276,7 +292,8 @@ def train(run: RunConfig, agent_config: Any, out: str | Path, *, resume: bool = 
             if step % c.target_update == 0:
                 agent.sync_target()
             if step % run.eval_every == 0 or step == run.total_steps:
-                returns = evaluate(agent, eval_env, run.eval_episodes, c.eval_epsilon, seed=run.seed * 1_000_003 + step)
+                returns = evaluate(agent, eval_env, run.eval_episodes, c.eval_epsilon,
+                                   seed=run.seed * 1_000_003 + step, max_steps=run.eval_steps)
                 last_eval = float(np.mean(returns))
                 run_dir.append("eval", (step, f"{last_eval:.6g}", f"{np.std(returns):.6g}", len(returns)))
             if step % 500 == 0:

@@ -4,7 +4,7 @@ matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from companion.plots import Curve, aggregate, group_runs, plot_curves, t_interval  # noqa: E402
+from companion.plots import Curve, aggregate, group_runs, load_curve, plot_curves, t_interval  # noqa: E402
 from companion.records import RunDir, results_dir  # noqa: E402
 
 
@@ -53,6 +53,25 @@ def test_group_runs_and_plot(tmp_path):
         labels = [t.get_text() for t in ax.get_legend().get_texts()]
         assert "dqn CartPole-v1 (3 seeds)" in labels and "drqn CartPole-v1 hide=1,3 (1 seed)" in labels
         assert "20" in ax.get_xlabel()
+
+
+def test_darqn_groups_by_attention_and_update_curves(tmp_path):
+    dirs = []
+    for attention in ("soft", "hard"):
+        for seed in range(2):
+            path = tmp_path / f"{attention}{seed}"
+            run = RunDir.create(path, {"run": {"algo": "darqn", "env_id": "MinAtar/Breakout-v1", "seed": seed},
+                                       "agent": {"frame_stack": 1, "attention": attention}})
+            for step in (1000, 2000):
+                run.append_updates(step, {"loss": 1.0, "attention_entropy": step / 1000 + seed})
+            dirs.append(path)
+    groups = group_runs(dirs)
+    assert sorted(groups) == ["darqn-hard MinAtar/Breakout-v1", "darqn-soft MinAtar/Breakout-v1"]
+    assert list(load_curve(dirs[1], "update:attention_entropy").values) == [2.0, 3.0]
+    ax = plot_curves(groups, kind="update:attention_entropy")
+    assert ax.get_ylabel() == "attention entropy"
+    with pytest.raises(ValueError, match="logged no 'reinforce'; it has: attention_entropy, loss, step"):
+        load_curve(dirs[0], "update:reinforce")
 
 
 def test_results_dir_is_found_upwards_or_from_the_environment(tmp_path, monkeypatch):

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from companion.__main__ import main
+from companion.envs import make_env
 from companion.records import RunDir
-from companion.train import build_config, load_agent, train
+from companion.train import build_config, evaluate, load_agent, train
 
 QUICK = dict(budget="quick", total_steps=1200, overrides={"eval_every": 600, "learning_starts": 200,
                                                           "train_freq": 4, "gradient_steps": 1})
@@ -172,3 +173,35 @@ def test_ctrl_c_finishes_the_episode_saves_and_stops(tmp_path):
     metrics = RunDir(out).metrics()
     assert state["step"] == metrics["step"][-1] < 200_000  # saved at the end of an episode
     assert RunDir(out).meta()["interrupted"] is True
+
+
+class _CountingAgent:
+    """Acts at random and counts its steps (for the evaluation protocol)."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def initial_state(self):
+        return None
+
+    def act(self, obs, state, epsilon, rng):
+        self.steps += 1
+        return int(rng.integers(2)), state
+
+
+def test_evaluate_by_episodes_or_by_steps():
+    env = make_env("CartPole-v1")
+    agent = _CountingAgent()
+    assert len(evaluate(agent, env, 3, 1.0, seed=0)) == 3
+    agent.steps = 0
+    returns = evaluate(agent, env, 0, 1.0, seed=0, max_steps=300)
+    assert agent.steps == 300  # exactly the step budget is spent ...
+    assert sum(returns) <= 300 and len(returns) >= 2  # ... and the cut-off episode is not counted
+    assert evaluate(agent, env, 0, 1.0, seed=0, max_steps=3) == [3.0]  # none finished: the partial one
+
+
+def test_full_budget_on_atari_evaluates_for_25k_steps():
+    run, _ = build_config("darqn", "ALE/Seaquest-v5", budget="full")
+    assert (run.total_steps, run.eval_every, run.eval_steps) == (5_000_000, 50_000, 25_000)
+    run, _ = build_config("dqn", "CartPole-v1", budget="full")
+    assert run.eval_steps == 0

@@ -78,9 +78,13 @@ class LocationCNN(nn.Module):
                                       nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
                                       nn.Conv2d(64, 256, 3, stride=1), nn.ReLU())
             self.scale, self.grid, self.dim = 1 / 255.0, (7, 7), 256
+            # Location (i, j) sees pixels [8i, 8i + 36) x [8j, 8j + 36): receptive field 8 + 3*4 + 2*8 = 36,
+            # stride 4 * 2 * 1 = 8.
+            self.receptive_field, self.stride = 36, 8
         elif (height, width) == (10, 10):
             self.conv = nn.Sequential(nn.Conv2d(channels, 32, 3), nn.ReLU())
             self.scale, self.grid, self.dim = 1.0, (8, 8), 32
+            self.receptive_field, self.stride = 3, 1  # location (i, j) sees cells [i, i + 3) x [j, j + 3)
         else:
             raise ValueError(f"DARQN needs image observations (C, 84, 84) or (C, 10, 10); got {obs_shape}")
         self.num_locations = self.grid[0] * self.grid[1]
@@ -187,13 +191,21 @@ class DARQN(QAgent):
 
     def act(self, obs: np.ndarray, state: LSTMState | None, epsilon: float,
             rng: np.random.Generator) -> tuple[int, LSTMState]:
+        action, state, _ = self.act_with_attention(obs, state, epsilon, rng)
+        return action, state
+
+    def act_with_attention(self, obs: np.ndarray, state: LSTMState | None, epsilon: float,
+                           rng: np.random.Generator) -> tuple[int, LSTMState, np.ndarray]:
+        """:meth:`act`, also returning the attention weights ``(L,)`` it used at this step (for hard
+        attention: the distribution the location was sampled from)."""
         self.q.eval()
         with torch.inference_mode():
-            q, state, _ = self.q(torch.as_tensor(obs, device=self.device)[None, None], state, sample=True)
+            q, state, extras = self.q(torch.as_tensor(obs, device=self.device)[None, None], state, sample=True)
         self.q.train()
+        weights = extras["weights"][0, 0].cpu().numpy()
         if rng.random() < epsilon:
-            return int(rng.integers(self.n_actions)), state
-        return int(q[0, 0].argmax()), state
+            return int(rng.integers(self.n_actions)), state, weights
+        return int(q[0, 0].argmax()), state, weights
 
     def attention_map(self, obs_seq: np.ndarray) -> np.ndarray:
         """Attention weights ``(T, L)`` over one episode's observations ``(T, C, H, W)``, from a zero state."""

@@ -1,0 +1,82 @@
+"""Attention drawn over frames: the maps keep their mass and land where the locations look."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from companion.agents import DARQN
+from companion.envs import make_env
+from companion.viz import attention_gif, attention_strip, location_heatmap, overlay, record_episode, render_frame
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize(("grid", "rf", "stride", "size"), [((8, 8), 3, 1, 10), ((7, 7), 36, 8, 84)])
+def test_heatmap_keeps_the_mass_and_has_the_frame_size(grid, rf, stride, size):
+    weights = np.random.default_rng(0).dirichlet(np.ones(grid[0] * grid[1]), size=(2, 3))  # (2, 3, L)
+    heat = location_heatmap(weights, grid, rf, stride)
+    assert heat.shape == (2, 3, size, size)
+    np.testing.assert_allclose(heat.sum(axis=(-1, -2)), 1.0, rtol=1e-5)
+
+
+def test_heatmap_puts_a_location_on_its_receptive_field():
+    weights = np.zeros(64)
+    weights[1 * 8 + 6] = 1.0  # row 1, column 6 of the 8x8 MinAtar grid: cells rows 1-3, columns 6-8
+    heat = location_heatmap(weights, (8, 8), 3, 1)
+    expected = np.zeros((10, 10))
+    expected[1:4, 6:9] = 1 / 9
+    np.testing.assert_allclose(heat, expected, atol=1e-7)
+    with pytest.raises(ValueError, match="49 locations"):
+        location_heatmap(np.ones(49) / 49, (8, 8), 3, 1)
+
+
+def test_the_receptive_fields_match_the_cnn():
+    """Light one input pixel: only the locations whose stated receptive field holds it may change."""
+    for obs_shape in ((4, 10, 10), (1, 84, 84)):
+        cnn = DARQN(obs_shape, 3, DARQN.preset("MinAtar" if obs_shape[1] == 10 else "ALE"), CPU).q.cnn
+        y, x = obs_shape[1] // 2, 3
+        base = torch.zeros(1, *obs_shape)
+        bumped = base.clone()
+        bumped[0, :, y, x] = 1.0 / cnn.scale
+        with torch.no_grad():
+            changed = (cnn(bumped) - cnn(base)).abs().sum(-1)[0].view(cnn.grid) > 0
+        rf, s = cnn.receptive_field, cnn.stride
+        rows, cols = np.arange(cnn.grid[0]) * s, np.arange(cnn.grid[1]) * s
+        allowed = ((rows <= y) & (y < rows + rf))[:, None] & ((cols <= x) & (x < cols + rf))[None, :]
+        assert changed.any() and not (changed.numpy() & ~allowed).any()
+
+
+def test_render_frame():
+    obs = np.zeros((3, 10, 10), dtype=np.uint8)
+    obs[0, 2, 2] = obs[2, 5, 5] = 1
+    rgb = render_frame(obs)
+    assert rgb.shape == (10, 10, 3) and rgb[0, 0].sum() == 0 and rgb[2, 2].sum() > 0
+    assert not np.allclose(rgb[2, 2], rgb[5, 5])
+    assert render_frame(np.full((4, 84, 84), 255, dtype=np.uint8)).shape == (84, 84, 3)
+    with pytest.raises(ValueError, match="image observation"):
+        render_frame(np.zeros(4))
+    heat = np.zeros((10, 10))
+    heat[2, 2] = 1.0
+    blended = overlay(rgb, heat)
+    np.testing.assert_array_equal(blended[0, 0], rgb[0, 0])  # no attention: the frame unchanged
+    assert blended.min() >= 0 and blended.max() <= 1
+
+
+def test_record_episode_keeps_the_acting_weights(tmp_path):
+    env = make_env("MinAtar/Breakout-v1")
+    torch.manual_seed(0)
+    agent = DARQN(env.observation_space.shape, int(env.action_space.n), DARQN.preset("MinAtar"), CPU)
+    episode = record_episode(agent, env, seed=3, epsilon=0.5, max_steps=40)
+    steps = len(episode.obs)
+    assert 0 < steps <= 40 and episode.weights.shape == (steps, 64) and episode.actions.shape == (steps,)
+    np.testing.assert_allclose(episode.weights.sum(-1), 1.0, rtol=1e-5)
+    # Soft attention from a zero state at the episode start: replaying the frames gives the same weights.
+    np.testing.assert_allclose(agent.attention_map(episode.obs), episode.weights, rtol=1e-4, atol=1e-6)
+    fig = attention_strip(episode, agent.q.cnn, n=4)
+    assert len(fig.axes) == min(4, steps)
+    path = attention_gif(episode, agent.q.cnn, tmp_path / "episode.gif", size=40)
+    with Image.open(path) as gif:
+        assert gif.n_frames == steps and gif.size[1] == 40
+    with pytest.raises(TypeError, match="no attention"):
+        record_episode(object(), env, seed=0)
