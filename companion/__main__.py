@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = commands.add_parser("train", help="train an agent and write a run directory")
-    train.add_argument("--algo", required=True, help="dqn, drqn or darqn")
+    train.add_argument("--algo", required=True, help="dqn, drqn, darqn, sadqn or sadqn-entity")
     train.add_argument("--env", required=True,
                        help="a gymnasium id: CartPole-v1, MinAtar/Breakout-v1, ALE/Pong-v5, ...")
     train.add_argument("--seed", type=int, default=0)

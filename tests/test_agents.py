@@ -115,8 +115,8 @@ def test_drqn_loss_ignores_masked_positions_and_burn_in():
 
 
 def test_registry_and_presets():
-    assert set(AGENTS) >= {"dqn", "drqn", "darqn"}
-    image_only = {"darqn"}  # attention over image locations
+    assert set(AGENTS) >= {"dqn", "drqn", "darqn", "sadqn", "sadqn-entity"}
+    image_only = {"darqn", "sadqn-entity"}  # attention over image locations
     for name, cls in AGENTS.items():
         for family in ("MinAtar", "ALE"):
             cls.preset(family).validate()

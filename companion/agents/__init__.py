@@ -10,9 +10,11 @@ from companion.agents.base import Agent, QAgent, QLearningConfig
 from companion.agents.darqn import DARQN, DARQNConfig
 from companion.agents.dqn import DQN, DQNConfig
 from companion.agents.drqn import DRQN, DRQNConfig
+from companion.agents.sadqn import SADQN, EntitySADQN, SADQNConfig
 
 #: name used on the command line -> agent class
-AGENTS: dict[str, type[Agent]] = {"dqn": DQN, "drqn": DRQN, "darqn": DARQN}
+AGENTS: dict[str, type[Agent]] = {"dqn": DQN, "drqn": DRQN, "darqn": DARQN, "sadqn": SADQN,
+                                  "sadqn-entity": EntitySADQN}
 
-__all__ = ["AGENTS", "DARQN", "DQN", "DRQN", "Agent", "DARQNConfig", "DQNConfig", "DRQNConfig", "QAgent",
-           "QLearningConfig"]
+__all__ = ["AGENTS", "DARQN", "DQN", "DRQN", "SADQN", "Agent", "DARQNConfig", "DQNConfig", "DRQNConfig",
+           "EntitySADQN", "QAgent", "QLearningConfig", "SADQNConfig"]

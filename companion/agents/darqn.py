@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from companion.agents.base import QAgent, QLearningConfig, sequence_td, sequence_tensors
 from companion.attention import AdditiveAttention
 from companion.buffers import SequenceBatch, SequenceReplayBuffer
+from companion.networks import LocationCNN
 
 __all__ = ["DARQN", "DARQNConfig", "DARQNNetwork", "LocationCNN"]
 
@@ -58,40 +59,6 @@ class DARQNConfig(QLearningConfig):
         super().validate()
         if self.attention not in ("soft", "hard"):
             raise ValueError(f"attention must be 'soft' or 'hard', got {self.attention!r}")
-
-
-class LocationCNN(nn.Module):
-    """A CNN whose output is a set of location vectors ``(B, L, D)`` rather than one flat vector.
-
-    - Atari ``(C, 84, 84)``: conv 32@8x8/4, 64@4x4/2, 256@3x3/1 -> 7x7 locations of 256 (Sorokin et al.).
-    - MinAtar ``(C, 10, 10)``: one conv 32@3x3/1, as MinAtar's own network (16 filters there) -> 8x8
-      locations of 32.
-    """
-
-    def __init__(self, obs_shape: tuple[int, ...]) -> None:
-        super().__init__()
-        if len(obs_shape) != 3:
-            raise ValueError(f"DARQN needs image observations (C, 84, 84) or (C, 10, 10); got {tuple(obs_shape)}")
-        channels, height, width = obs_shape
-        if (height, width) == (84, 84):
-            self.conv = nn.Sequential(nn.Conv2d(channels, 32, 8, stride=4), nn.ReLU(),
-                                      nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
-                                      nn.Conv2d(64, 256, 3, stride=1), nn.ReLU())
-            self.scale, self.grid, self.dim = 1 / 255.0, (7, 7), 256
-            # Location (i, j) sees pixels [8i, 8i + 36) x [8j, 8j + 36): receptive field 8 + 3*4 + 2*8 = 36,
-            # stride 4 * 2 * 1 = 8.
-            self.receptive_field, self.stride = 36, 8
-        elif (height, width) == (10, 10):
-            self.conv = nn.Sequential(nn.Conv2d(channels, 32, 3), nn.ReLU())
-            self.scale, self.grid, self.dim = 1.0, (8, 8), 32
-            self.receptive_field, self.stride = 3, 1  # location (i, j) sees cells [i, i + 3) x [j, j + 3)
-        else:
-            raise ValueError(f"DARQN needs image observations (C, 84, 84) or (C, 10, 10); got {obs_shape}")
-        self.num_locations = self.grid[0] * self.grid[1]
-
-    def forward(self, obs: Tensor) -> Tensor:
-        features = self.conv(obs.float() * self.scale)  # (B, D, H', W')
-        return features.flatten(2).transpose(1, 2)  # (B, L, D), locations in row-major order
 
 
 class DARQNNetwork(nn.Module):
