@@ -1,0 +1,88 @@
+"""Parameters and milliseconds per update of every agent, on the tasks the chapters compare them on.
+
+Run by hand on an otherwise idle machine:
+``.venv/bin/python benchmarks/update_cost.py [--threads 1] [--device cpu] [--save]``; ``--save`` writes
+``results/benchmarks/update_cost[_DEVICE].json`` with its provenance. One update = sample a batch,
+forward (online and target), backward, optimizer step, with each agent's preset for the env family
+(MinAtar: batch 32; recurrent and attention agents on 8-step windows; classic control: the chapter 2
+presets). The replay is filled by a random policy in the real env.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from companion.agents import AGENTS  # noqa: E402
+from companion.cost import time_call  # noqa: E402
+from companion.records import now, provenance  # noqa: E402
+from companion.train import build_config, make_run_env  # noqa: E402
+
+CASES = [  # (label, algo, env_id, overrides)
+    ("DQN", "dqn", "CartPole-v1", {}),
+    ("DQN, 4 stacked", "dqn", "CartPole-v1", {"frame_stack": 4}),
+    ("DRQN", "drqn", "CartPole-v1", {}),
+    ("SA-DQN", "sadqn", "CartPole-v1", {}),
+    ("DQN, 4 stacked", "dqn", "MinAtar/Breakout-v1", {"frame_stack": 4, "batch_size": 32}),
+    ("DRQN", "drqn", "MinAtar/Breakout-v1", {}),
+    ("DARQN-soft", "darqn", "MinAtar/Breakout-v1", {"attention": "soft"}),
+    ("DARQN-hard", "darqn", "MinAtar/Breakout-v1", {"attention": "hard"}),
+    ("SA-DQN", "sadqn", "MinAtar/Breakout-v1", {}),
+    ("SA-DQN entity", "sadqn-entity", "MinAtar/Breakout-v1", {}),
+]
+
+
+def measure(algo: str, env_id: str, overrides: dict, device: torch.device, min_run_time: float) -> dict:
+    run, config = build_config(algo, env_id, overrides={**overrides, "buffer_size": 2_000})
+    env = make_run_env(run, config)
+    agent = AGENTS[algo](env.observation_space.shape, int(env.action_space.n), config, device)
+    buffer = agent.make_buffer(env.observation_space.dtype, seed=0)
+    rng = np.random.default_rng(0)
+    obs, _ = env.reset(seed=0)
+    for _ in range(1_000):
+        next_obs, reward, terminated, truncated, _ = env.step(int(rng.integers(env.action_space.n)))
+        buffer.add(obs, 0, reward, next_obs, terminated, truncated)
+        obs = env.reset()[0] if terminated or truncated else next_obs
+    ms = 1e3 * time_call(lambda: agent.update(buffer), min_run_time=min_run_time)
+    return {"parameters": agent.num_parameters(), "ms_per_update": round(ms, 2), "batch_size": config.batch_size,
+            "window": getattr(config, "seq_len", None)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--min-run-time", type=float, default=1.0, help="seconds of timing per case")
+    parser.add_argument("--save", action="store_true", help="write the table to results/benchmarks/")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    print(f"torch {torch.__version__}, {device}, {torch.get_num_threads()} thread(s)")
+    rows = []
+    for label, algo, env_id, overrides in CASES:
+        row = {"agent": label, "algo": algo, "env_id": env_id, "overrides": overrides,
+               **measure(algo, env_id, overrides, device, args.min_run_time)}
+        rows.append(row)
+        print(f"{env_id:22s} {label:15s} {row['parameters']:>9,} parameters {row['ms_per_update']:8.2f} ms/update")
+    if args.save:
+        info = provenance(device)
+        hardware = info["hardware"].get("gpu") or f"{platform.machine()} CPU, {info['hardware']['cpu_count']} cores"
+        record = {"benchmark": "update_cost", "date": now(), "rows": rows, "torch": torch.__version__,
+                  "hardware": f"{hardware}, {torch.get_num_threads()} torch thread(s)", "provenance": info}
+        out = Path(__file__).resolve().parents[1] / "results" / "benchmarks"
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / f"update_cost{'' if device.type == 'cpu' else '_' + device.type}.json"
+        path.write_text(json.dumps(record, indent=2) + "\n")
+        print("saved", path)
+
+
+if __name__ == "__main__":
+    main()
