@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import platform
 import sys
 from pathlib import Path
 
@@ -21,7 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from companion.agents import DARQN  # noqa: E402
 from companion.cost import time_call  # noqa: E402
-from companion.records import now, provenance  # noqa: E402
+from companion.records import save_benchmark  # noqa: E402
 
 
 def measure(obs_shape: tuple[int, ...], config, device: torch.device, n_actions: int = 18) -> float:
@@ -54,17 +52,8 @@ def main() -> None:
                              unroll=config.seq_len, obs_shape=list(obs_shape)))
             print(f"{name:8s} {attention}: {ms:7.1f} ms per update (LSTM {config.lstm_size}, unroll {config.seq_len})")
     if args.save:
-        info = provenance(device)
-        gpu = info["hardware"].get("gpu")
-        hardware = gpu or f"{platform.machine()} CPU, {info['hardware']['cpu_count']} cores"
-        record = {"benchmark": "darqn_update", "date": now(), "rows": rows, "batch_size": 32,
-                  "hardware": f"{hardware}, {torch.get_num_threads()} torch thread(s)", "torch": torch.__version__,
-                  "provenance": info}
         out = Path(__file__).resolve().parents[1] / "results" / "benchmarks"
-        out.mkdir(parents=True, exist_ok=True)
-        path = out / f"darqn_update{'' if device.type == 'cpu' else '_' + device.type}.json"
-        path.write_text(json.dumps(record, indent=2) + "\n")
-        print("saved", path)
+        print("saved", save_benchmark("darqn_update", rows, device, out, batch_size=32))
 
 
 if __name__ == "__main__":

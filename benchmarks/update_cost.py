@@ -11,8 +11,6 @@ presets). The replay is filled by a random policy in the real env.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 from pathlib import Path
 
@@ -22,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from companion.agents import AGENTS  # noqa: E402
 from companion.cost import time_call  # noqa: E402
-from companion.records import now, provenance  # noqa: E402
+from companion.records import save_benchmark  # noqa: E402
 from companion.train import build_config, make_run_env  # noqa: E402
 
 CASES = [  # (label, algo, env_id, overrides)
@@ -73,15 +71,8 @@ def main() -> None:
         rows.append(row)
         print(f"{env_id:22s} {label:15s} {row['parameters']:>9,} parameters {row['ms_per_update']:8.2f} ms/update")
     if args.save:
-        info = provenance(device)
-        hardware = info["hardware"].get("gpu") or f"{platform.machine()} CPU, {info['hardware']['cpu_count']} cores"
-        record = {"benchmark": "update_cost", "date": now(), "rows": rows, "torch": torch.__version__,
-                  "hardware": f"{hardware}, {torch.get_num_threads()} torch thread(s)", "provenance": info}
         out = Path(__file__).resolve().parents[1] / "results" / "benchmarks"
-        out.mkdir(parents=True, exist_ok=True)
-        path = out / f"update_cost{'' if device.type == 'cpu' else '_' + device.type}.json"
-        path.write_text(json.dumps(record, indent=2) + "\n")
-        print("saved", path)
+        print("saved", save_benchmark("update_cost", rows, device, out))
 
 
 if __name__ == "__main__":

@@ -33,7 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["METRICS_FIELDS", "EVAL_FIELDS", "UPDATE_LOG_EVERY", "RunDir", "provenance", "read_csv", "results_dir"]
+__all__ = ["METRICS_FIELDS", "EVAL_FIELDS", "UPDATE_LOG_EVERY", "RunDir", "provenance", "read_csv", "results_dir",
+           "save_benchmark"]
 
 METRICS_FIELDS = ("episode", "step", "return", "length")
 EVAL_FIELDS = ("step", "mean_return", "std_return", "episodes")
@@ -202,3 +203,22 @@ def results_dir(start: str | Path | None = None) -> Path | None:
         if (folder / "results").is_dir():
             return folder / "results"
     return None
+
+
+def save_benchmark(name: str, rows: list[dict[str, Any]], device: torch.device | str,
+                   folder: str | Path, **extra: Any) -> Path:
+    """Write a benchmark's rows with their provenance to ``folder/<name>[_<device>].json`` and return the path.
+
+    The record says when, on what (``hardware``: the GPU's name, or the CPU and its core count, and the
+    torch threads) and with which versions and commit (``provenance``) the figures were measured.
+    """
+    device = torch.device(device)
+    info = provenance(device)
+    machine = info["hardware"].get("gpu") or f"{platform.machine()} CPU, {info['hardware']['cpu_count']} cores"
+    record = {"benchmark": name, "date": now(), "rows": rows, **extra, "torch": torch.__version__,
+              "hardware": f"{machine}, {torch.get_num_threads()} torch thread(s)", "provenance": info}
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}{'' if device.type == 'cpu' else '_' + device.type}.json"
+    path.write_text(json.dumps(record, indent=2, default=float) + "\n")
+    return path

@@ -205,3 +205,13 @@ def test_full_budget_on_atari_evaluates_for_25k_steps():
     assert (run.total_steps, run.eval_every, run.eval_steps) == (5_000_000, 50_000, 25_000)
     run, _ = build_config("dqn", "CartPole-v1", budget="full")
     assert run.eval_steps == 0
+
+
+def test_save_benchmark_records_provenance(tmp_path):
+    from companion.records import save_benchmark
+
+    path = save_benchmark("toy", [{"ms": 1.5}], "cpu", tmp_path / "bench", batch_size=8)
+    assert path == tmp_path / "bench" / "toy.json"
+    record = json.loads(path.read_text())
+    assert record["rows"] == [{"ms": 1.5}] and record["batch_size"] == 8
+    assert "torch thread" in record["hardware"] and record["provenance"]["git_commit"]

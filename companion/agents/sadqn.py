@@ -222,15 +222,8 @@ class EntitySADQN(DQN):
 
     @classmethod
     def preset(cls, family: str) -> SADQNConfig:
-        if family == "MinAtar":
-            return SADQNConfig(lr=2.5e-4, batch_size=32, buffer_size=100_000, learning_starts=5_000, train_freq=4,
-                               gradient_steps=1, target_update=1_000, eps_start=1.0, eps_end=0.1,
-                               eps_fraction=0.2, num_layers=1)
-        if family == "ALE":
-            return SADQNConfig(frame_stack=4, lr=1e-4, adam_eps=1.5e-4, batch_size=32, buffer_size=100_000,
-                               learning_starts=50_000, train_freq=4, gradient_steps=1, target_update=10_000,
-                               reward_clip=1.0, eps_start=1.0, eps_end=0.1, eps_fraction=0.1,
-                               eval_epsilon=0.05, num_layers=1)
+        if family in ("MinAtar", "ALE"):  # the history preset's settings; one block, and DQN's 4 frames on Atari
+            return dataclasses.replace(SADQN.preset(family), num_layers=1, frame_stack=4 if family == "ALE" else 1)
         raise ValueError(f"no entity SA-DQN preset for env family {family!r}: entities are image locations")
 
     def __init__(self, obs_shape: tuple[int, ...], n_actions: int, config: SADQNConfig, device: torch.device) -> None:
