@@ -7,9 +7,11 @@ buffer, the exploration schedule, evaluation and the records. A new algorithm is
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import numpy as np
@@ -186,6 +188,18 @@ class QAgent(Agent):
 
     def sync_target(self) -> None:
         self.target.load_state_dict(self.q.state_dict())
+
+    @contextlib.contextmanager
+    def inference(self) -> Iterator[None]:
+        """The online network in eval mode, without autograd, back in training mode afterwards: for acting
+        (DARQN-hard then samples at every step instead of mixing in the soft weights) and for reading
+        attention weights."""
+        self.q.eval()
+        try:
+            with torch.inference_mode():
+                yield
+        finally:
+            self.q.train()
 
     def modules(self) -> dict[str, nn.Module | torch.optim.Optimizer]:
         return {"q": self.q, "target": self.target, "optimizer": self.optimizer}

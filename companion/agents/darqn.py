@@ -165,10 +165,8 @@ class DARQN(QAgent):
                            rng: np.random.Generator) -> tuple[int, LSTMState, np.ndarray]:
         """:meth:`act`, also returning the attention weights ``(L,)`` it used at this step (for hard
         attention: the distribution the location was sampled from)."""
-        self.q.eval()
-        with torch.inference_mode():
+        with self.inference():
             q, state, extras = self.q(torch.as_tensor(obs, device=self.device)[None, None], state, sample=True)
-        self.q.train()
         weights = extras["weights"][0, 0].cpu().numpy()
         if rng.random() < epsilon:
             return int(rng.integers(self.n_actions)), state, weights
@@ -176,10 +174,8 @@ class DARQN(QAgent):
 
     def attention_map(self, obs_seq: np.ndarray) -> np.ndarray:
         """Attention weights ``(T, L)`` over one episode's observations ``(T, C, H, W)``, from a zero state."""
-        self.q.eval()
-        with torch.inference_mode():
+        with self.inference():
             _, _, extras = self.q(torch.as_tensor(obs_seq, device=self.device)[None], sample=False)
-        self.q.train()
         return extras["weights"][0].cpu().numpy()
 
     def loss(self, batch: SequenceBatch) -> tuple[Tensor, dict[str, float]]:

@@ -173,10 +173,8 @@ class SADQN(QAgent):
 
     def attention_weights(self, obs_seq: np.ndarray) -> list[np.ndarray]:
         """Each layer's weights ``(H, T, T)`` over one stretch of observations ``(T, *obs_shape)``."""
-        self.q.eval()
-        with torch.inference_mode():
+        with self.inference():
             _, weights = self.q(torch.as_tensor(obs_seq, device=self.device)[None], need_weights=True)
-        self.q.train()
         return [w[0].cpu().numpy() for w in weights]
 
     def loss(self, batch: SequenceBatch) -> tuple[Tensor, dict[str, float]]:
@@ -233,9 +231,7 @@ class EntitySADQN(DQN):
 
     def entity_attention(self, obs: np.ndarray) -> list[np.ndarray]:
         """Each layer's weights ``(H, L, L)`` for one observation: row ``i`` is where entity ``i`` looks."""
-        self.q.eval()
-        with torch.inference_mode():
+        with self.inference():
             _, weights = self.q(torch.as_tensor(obs, device=self.device)[None], need_weights=True)
-        self.q.train()
         return [w[0].cpu().numpy() for w in weights]
 
