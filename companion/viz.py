@@ -1,4 +1,5 @@
-"""Drawing attention over frames (book chapter 6): where a DARQN looks, step by step.
+"""Drawing attention: where a DARQN looks in a frame (book chapter 6), and where an SA-DQN looks in its
+history or among the entities of a frame (chapter 7).
 
 A DARQN's attention is a distribution over the CNN's locations (8x8 on MinAtar, 7x7 on Atari), not over
 pixels. To draw it over a frame, each location's weight is spread evenly over the pixels that location
@@ -8,6 +9,9 @@ neighbouring locations overlap heavily and the Atari maps are blurry by construc
 
 Reading order: :func:`record_episode` (act and keep the weights), :func:`location_heatmap`,
 :func:`render_frame`, then :func:`attention_strip` (a figure) and :func:`attention_gif` (an animation).
+Chapter 7: :func:`history_matrix` and :func:`plot_history_attention` (which past steps each step read),
+:func:`attention_by_lag` (how far back, on average), :func:`entity_heat` and :func:`entity_panel` (which
+cells of a frame attend to which).
 """
 
 from __future__ import annotations
@@ -19,25 +23,27 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["Episode", "attention_gif", "attention_strip", "location_heatmap", "overlay", "record_episode",
+__all__ = ["Episode", "attention_by_lag", "attention_gif", "attention_strip", "entity_heat", "entity_panel",
+           "history_matrix", "location_heatmap", "overlay", "plot_history_attention", "record_episode",
            "render_frame"]
 
 
 class Episode(dict):
-    """One recorded episode: ``obs`` ``(T, C, H, W)``, ``actions`` ``(T,)``, ``rewards`` ``(T,)``,
-    ``weights`` ``(T, L)`` (the attention used at each step) and ``total`` (the return)."""
+    """One recorded episode: ``obs`` ``(T, *obs_shape)``, ``actions`` ``(T,)``, ``rewards`` ``(T,)``,
+    ``weights`` (the attention used at each step: DARQN ``(T, L)`` over locations, SA-DQN
+    ``(T, num_layers, H, K)`` by lag) and ``total`` (the return)."""
 
     __getattr__ = dict.__getitem__
 
 
 def record_episode(agent: Any, env: Any, seed: int, epsilon: float = 0.0, max_steps: int = 1_000) -> Episode:
-    """Play one episode with a DARQN agent, keeping each step's observation and attention weights.
+    """Play one episode with a DARQN or SA-DQN agent, keeping each step's observation and attention weights.
 
-    The LSTM state is carried through the episode as in training and evaluation (it is the acting
-    path, :meth:`~companion.agents.darqn.DARQN.act_with_attention`, not a replay from a zero state).
+    The agent's state (DARQN's LSTM state, SA-DQN's context window) is carried through the episode as in
+    training and evaluation: it is the acting path, the agent's ``act_with_attention``, not a replay.
     """
     if not hasattr(agent, "act_with_attention"):
-        raise TypeError(f"{type(agent).__name__} has no attention to record; use a DARQN agent")
+        raise TypeError(f"{type(agent).__name__} has no attention to record; use a DARQN or SA-DQN agent")
     rng = np.random.default_rng(seed)
     obs, _ = env.reset(seed=seed)
     state, frames, actions, rewards, weights = agent.initial_state(), [], [], [], []
@@ -150,3 +156,109 @@ def attention_gif(episode: Episode, cnn: Any, path: str | Path, fps: int = 8, si
     path.parent.mkdir(parents=True, exist_ok=True)
     images[0].save(path, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
     return path
+
+
+# Chapter 7 -------------------------------------------------------------------------------------------------
+
+
+def _layer_mean(weights: np.ndarray, layer: int | None, head: int | None) -> np.ndarray:
+    """SA-DQN weights ``(T, N, H, K)`` -> ``(T, K)``: one layer (``None``: the mean of the layers), one head
+    (``None``: the mean of the heads)."""
+    weights = np.asarray(weights, dtype=np.float32)
+    if weights.ndim != 4:
+        raise ValueError(f"expected SA-DQN weights (T, layers, heads, K); got shape {weights.shape}")
+    w = weights.mean(axis=1) if layer is None else weights[:, layer]  # (T, H, K)
+    return w.mean(axis=1) if head is None else w[:, head]
+
+
+def history_matrix(weights: np.ndarray, layer: int | None = -1, head: int | None = None) -> np.ndarray:
+    """SA-DQN attention by lag ``(T, N, H, K)`` (as recorded by :func:`record_episode`) -> ``(T, T)``:
+    row ``t`` is where step ``t`` looked, column ``j`` the step it looked at (``j <= t``, so the matrix
+    is lower-triangular and each row sums to 1)."""
+    by_lag = _layer_mean(weights, layer, head)  # (T, K)
+    steps, lags = by_lag.shape
+    matrix = np.zeros((steps, steps), dtype=np.float32)
+    for lag in range(min(lags, steps)):
+        t = np.arange(lag, steps)
+        matrix[t, t - lag] = by_lag[lag:, lag]
+    return matrix
+
+
+def attention_by_lag(weights: np.ndarray, layer: int | None = -1, head: int | None = None) -> np.ndarray:
+    """How far back an SA-DQN looks: the mean weight on the observation ``k`` steps back, ``(K,)``,
+    averaged over the steps ``t >= k`` (those that have a step ``k`` back) of one or more episodes.
+    ``weights``: ``(T, N, H, K)``, or a list of such arrays (episodes of any lengths)."""
+    episodes = [weights] if isinstance(weights, np.ndarray) else list(weights)
+    rows = [_layer_mean(w, layer, head) for w in episodes]  # each (T, K)
+    lags = rows[0].shape[1]
+    total, count = np.zeros(lags), np.zeros(lags)
+    for by_lag in rows:
+        for lag in range(min(lags, len(by_lag))):
+            total[lag] += by_lag[lag:, lag].sum()
+            count[lag] += len(by_lag) - lag
+    return np.divide(total, count, out=np.full(lags, np.nan), where=count > 0)
+
+
+def plot_history_attention(weights: np.ndarray, layer: int | None = -1, head: int | None = None, ax=None,
+                           marks: np.ndarray | None = None, title: str | None = None):
+    """Draw :func:`history_matrix` (current step down, attended step across). ``marks``: a boolean ``(T,)``
+    of steps to flag under the x axis (e.g. blanked frames of a flickering task). Returns the axes."""
+    import matplotlib.pyplot as plt
+
+    matrix = history_matrix(weights, layer, head)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4, 4))
+    shown = np.ma.masked_where(np.triu(np.ones_like(matrix, dtype=bool), 1), matrix)
+    image = ax.imshow(shown, cmap="viridis", vmin=0.0, vmax=max(float(matrix.max()), 1e-6),
+                      interpolation="nearest")
+    if marks is not None:
+        flagged = np.flatnonzero(np.asarray(marks)[: len(matrix)])
+        ax.plot(flagged, np.full(len(flagged), len(matrix) - 0.5), "|", color="tab:red", markersize=8,
+                clip_on=False)
+    ax.set_xlabel("attended step j")
+    ax.set_ylabel("current step t")
+    ax.set_title(title or "SA-DQN attention over the history", fontsize=9)
+    ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    return ax
+
+
+def entity_heat(weights: np.ndarray, query: int | None = None) -> np.ndarray:
+    """Entity attention ``(H, L, L)`` (rows: the attending cell) -> ``(L,)``, the mean over heads of
+    row ``query`` (where that cell looks; sums to 1), or with ``query=None`` the attention each cell
+    *receives*, averaged over the attending cells (also sums to 1)."""
+    weights = np.asarray(weights, dtype=np.float32)
+    if weights.ndim != 3 or weights.shape[1] != weights.shape[2]:
+        raise ValueError(f"expected entity weights (heads, L, L); got shape {weights.shape}")
+    mean = weights.mean(axis=0)  # (L, L)
+    return mean.mean(axis=0) if query is None else mean[query]
+
+
+def entity_panel(obs: np.ndarray, weights: np.ndarray, cnn: Any, queries: list[tuple[int, int]] = (),
+                 names: list[str] | None = None):
+    """One frame and its entity attention: the frame, the attention each cell receives, then for each
+    query location ``(row, col)`` of the CNN grid where it looks (the query's receptive field outlined).
+    ``cnn``: the entity network's :class:`~companion.networks.LocationCNN` (``agent.q.cnn``).
+    Returns the matplotlib figure."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    frame = render_frame(obs)
+    grid, rf, stride = cnn.grid, cnn.receptive_field, cnn.stride
+    panels = [("frame", None), ("received", entity_heat(weights))]
+    for i, (row, col) in enumerate(queries):
+        if not (0 <= row < grid[0] and 0 <= col < grid[1]):
+            raise ValueError(f"query {(row, col)} is outside the {grid} grid")
+        label = names[i] if names else f"cell {(row, col)}"
+        panels.append((f"{label} looks at", entity_heat(weights, row * grid[1] + col)))
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.0 * len(panels), 2.3), squeeze=False)
+    for i, (ax, (name, heat)) in enumerate(zip(axes[0], panels, strict=True)):
+        image = frame if heat is None else overlay(frame, location_heatmap(heat, grid, rf, stride))
+        ax.imshow(image, interpolation="nearest")
+        if i >= 2:
+            row, col = queries[i - 2]
+            ax.add_patch(Rectangle((col * stride - 0.5, row * stride - 0.5), rf, rf, fill=False,
+                                   edgecolor="white", linewidth=1.5, linestyle="--"))
+        ax.set_title(name, fontsize=8)
+        ax.set_axis_off()
+    fig.tight_layout()
+    return fig

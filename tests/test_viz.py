@@ -5,9 +5,21 @@ import pytest
 import torch
 from PIL import Image
 
-from companion.agents import DARQN
+from companion.agents import DARQN, SADQN, EntitySADQN
 from companion.envs import make_env
-from companion.viz import attention_gif, attention_strip, location_heatmap, overlay, record_episode, render_frame
+from companion.viz import (
+    attention_by_lag,
+    attention_gif,
+    attention_strip,
+    entity_heat,
+    entity_panel,
+    history_matrix,
+    location_heatmap,
+    overlay,
+    plot_history_attention,
+    record_episode,
+    render_frame,
+)
 
 CPU = torch.device("cpu")
 
@@ -80,3 +92,61 @@ def test_record_episode_keeps_the_acting_weights(tmp_path):
         assert gif.n_frames == steps and gif.size[1] == 40
     with pytest.raises(TypeError, match="no attention"):
         record_episode(object(), env, seed=0)
+
+
+def test_sadqn_records_where_each_step_looked():
+    env = make_env("CartPole-v1", flicker=0.5)
+    config = SADQN.preset("gym")
+    config.seq_len = 6
+    torch.manual_seed(0)
+    agent = SADQN(env.observation_space.shape, 2, config, CPU)
+    episode = record_episode(agent, env, seed=1, epsilon=0.3, max_steps=30)
+    steps, k = len(episode.obs), agent.context_len
+    assert episode.weights.shape == (steps, config.num_layers, config.num_heads, k)
+    np.testing.assert_allclose(episode.weights.sum(-1), 1.0, rtol=1e-5)
+    for t in range(min(steps, k - 1)):  # no weight on steps before the episode
+        assert not episode.weights[t, ..., t + 1:].any()
+    # The last step read the last context_len observations: the same weights as reading them afresh.
+    last = agent.attention_weights(episode.obs[-k:])  # per layer (H, T, T)
+    fresh = np.stack([w[:, -1][..., ::-1] for w in last])  # (N, H, T), lag 0 first
+    np.testing.assert_allclose(episode.weights[-1][..., : fresh.shape[-1]], fresh, rtol=1e-4, atol=1e-6)
+    # act_with_attention is act plus the weights: same actions from the same random stream.
+    rng_a, rng_b, state_a, state_b = np.random.default_rng(5), np.random.default_rng(5), None, None
+    for obs in episode.obs[:10]:
+        action_a, state_a = agent.act(obs, state_a, 0.5, rng_a)
+        action_b, state_b, _ = agent.act_with_attention(obs, state_b, 0.5, rng_b)
+        assert action_a == action_b and np.array_equal(state_a, state_b)
+    matrix = history_matrix(episode.weights, layer=None)
+    assert matrix.shape == (steps, steps) and not np.triu(matrix, 1).any()
+    np.testing.assert_allclose(matrix.sum(1), 1.0, rtol=1e-5)  # every step spread 1 over its context
+    ax = plot_history_attention(episode.weights, marks=~episode.obs.any(axis=1))
+    assert ax.get_xlabel() == "attended step j"
+
+
+def test_attention_by_lag_averages_where_a_lag_exists():
+    steps, k = 5, 4
+    weights = np.zeros((steps, 1, 2, k))
+    weights[:2, ..., 0] = 1.0  # the first two steps can only look at themselves
+    weights[2:, ..., 2] = 1.0  # later steps look two back
+    profile = attention_by_lag(weights)
+    np.testing.assert_allclose(profile, [2 / 5, 0.0, 1.0, 0.0])  # lag 2 exists at t = 2, 3, 4
+    assert np.isnan(attention_by_lag([weights[:2]])[2])  # a 2-step episode has nothing 2 steps back
+    np.testing.assert_allclose(history_matrix(weights)[4], [0, 0, 1, 0, 0])
+    with pytest.raises(ValueError, match="SA-DQN weights"):
+        attention_by_lag(np.zeros((3, 4)))
+
+
+def test_entity_attention_panel():
+    env = make_env("MinAtar/Breakout-v1")
+    torch.manual_seed(0)
+    agent = EntitySADQN(env.observation_space.shape, int(env.action_space.n), EntitySADQN.preset("MinAtar"), CPU)
+    obs, _ = env.reset(seed=0)
+    weights = agent.entity_attention(obs)[0]  # (H, 64, 64)
+    np.testing.assert_allclose(entity_heat(weights).sum(), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(entity_heat(weights, query=9), weights.mean(0)[9], rtol=1e-6)
+    fig = entity_panel(obs, weights, agent.q.cnn, queries=[(7, 3), (0, 0)], names=["paddle", "corner"])
+    assert [ax.get_title() for ax in fig.axes] == ["frame", "received", "paddle looks at", "corner looks at"]
+    with pytest.raises(ValueError, match="outside"):
+        entity_panel(obs, weights, agent.q.cnn, queries=[(8, 0)])
+    with pytest.raises(ValueError, match="entity weights"):
+        entity_heat(weights[0])

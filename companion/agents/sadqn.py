@@ -161,15 +161,33 @@ class SADQN(QAgent):
         return SequenceReplayBuffer(c.buffer_size, self.obs_shape, obs_dtype, seq_len=c.burn_in + c.seq_len,
                                     seed=seed)
 
+    def _context(self, obs: np.ndarray, state: np.ndarray | None) -> np.ndarray:
+        """The acting context after ``obs``: ``(T, *obs_shape)``, oldest first, ``T <= context_len``."""
+        return obs[None] if state is None else np.concatenate([state, obs[None]])[-self.context_len:]
+
     def act(self, obs: np.ndarray, state: np.ndarray | None, epsilon: float,
             rng: np.random.Generator) -> tuple[int, np.ndarray]:
         """Append ``obs`` to the context (``None`` at an episode start) and act on the last position."""
-        context = obs[None] if state is None else np.concatenate([state, obs[None]])[-self.context_len:]
+        context = self._context(obs, state)
         if rng.random() < epsilon:
             return int(rng.integers(self.n_actions)), context
         with torch.inference_mode():
             q, _ = self.q(torch.as_tensor(context, device=self.device)[None])  # (1, T, A)
         return int(q[0, -1].argmax()), context
+
+    def act_with_attention(self, obs: np.ndarray, state: np.ndarray | None, epsilon: float,
+                           rng: np.random.Generator) -> tuple[int, np.ndarray, np.ndarray]:
+        """:meth:`act`, also returning where this step looked: the last position's weights in every layer
+        and head, by lag, ``(num_layers, H, context_len)``; ``[..., k]`` is the weight on the observation
+        ``k`` steps back (``k = 0``: this one), zero where the episode is shorter than ``k + 1`` steps."""
+        context = self._context(obs, state)
+        with self.inference():
+            q, weights = self.q(torch.as_tensor(context, device=self.device)[None], need_weights=True)
+        last = torch.stack([w[0, :, -1] for w in weights]).flip(-1).cpu().numpy()  # (N, H, T), lag 0 first
+        by_lag = np.zeros((*last.shape[:2], self.context_len), dtype=np.float32)
+        by_lag[..., : last.shape[-1]] = last
+        action = int(rng.integers(self.n_actions)) if rng.random() < epsilon else int(q[0, -1].argmax())
+        return action, context, by_lag
 
     def attention_weights(self, obs_seq: np.ndarray) -> list[np.ndarray]:
         """Each layer's weights ``(H, T, T)`` over one stretch of observations ``(T, *obs_shape)``."""
