@@ -13,7 +13,8 @@ import numpy as np
 
 from companion.records import RunDir
 
-__all__ = ["Curve", "aggregate", "group_runs", "load_curve", "plot_curves", "t_interval"]
+__all__ = ["Curve", "aggregate", "finished_runs", "group_runs", "load_curve", "plot_curves", "summarize",
+           "summary_table", "t_interval"]
 
 # t(0.975, df) for df = 1..30; beyond, the normal 1.96 is within 2%.
 _T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
@@ -121,3 +122,42 @@ def plot_curves(groups: dict[str, Sequence[str | Path]], ax=None, kind: str = "e
         ax.set_title(title)
     ax.legend(fontsize="small")
     return ax
+
+
+def finished_runs(root: str | Path | None, pattern: str) -> list[Path]:
+    """The run directories under ``root`` matching ``pattern`` (a glob, e.g. ``"ch2-pomdp/drqn/*/seed*"``)
+    whose run finished; none when ``root`` is ``None`` (no stored results, e.g. on Colab)."""
+    if root is None:
+        return []
+    return [p for p in sorted(Path(root).glob(pattern)) if "finished" in RunDir(p).meta()]
+
+
+def summarize(groups: dict[str, Sequence[str | Path]]) -> list[dict]:
+    """One row per non-empty group: ``label``, ``n`` (seeds), ``final`` and ``mean`` (the last evaluation,
+    and the mean over all evaluations, a summary of the whole curve), each ``(mean, low, high)`` over seeds
+    with a 95% t-interval, and ``best`` (the best single evaluation of any seed). Seeds must share their
+    evaluation steps."""
+    rows = []
+    for label, dirs in groups.items():
+        if not dirs:
+            continue
+        curves = np.stack([RunDir(d).evals()["mean_return"] for d in dirs])  # (seeds, evaluations)
+        rows.append({"label": label, "n": len(dirs), "final": t_interval(curves[:, -1]),
+                     "mean": t_interval(curves.mean(axis=1)), "best": float(curves.max())})
+    return rows
+
+
+def summary_table(groups: dict[str, Sequence[str | Path]], digits: int = 2) -> str:
+    """:func:`summarize` as a plain-text table, for a notebook to print."""
+    width = max([len(label) for label in groups] + [5])
+
+    def cell(interval: tuple) -> str:
+        mean, low, high = (float(v) for v in interval)
+        return f"{mean:8.{digits}f} [{low:8.{digits}f}, {high:8.{digits}f}]"
+
+    header = f"{'agent':{width}s} n   final [95% interval]          mean over evals [95%]         best"
+    lines = [header]
+    for row in summarize(groups):
+        lines.append(f"{row['label']:{width}s} {row['n']}  {cell(row['final'])}  {cell(row['mean'])}  "
+                     f"{row['best']:7.{digits}f}")
+    return "\n".join(lines)

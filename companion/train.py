@@ -31,8 +31,8 @@ from companion.envs import check_discrete_actions, env_family, make_env
 from companion.records import UPDATE_LOG_EVERY, RunDir, now, provenance
 from companion.utils import get_device, progress, seed_everything
 
-__all__ = ["RunConfig", "TrainResult", "build_config", "evaluate", "load_agent", "make_run_env", "saved_config",
-           "train"]
+__all__ = ["RandomPolicy", "RunConfig", "TrainResult", "build_config", "evaluate", "load_agent", "make_run_env",
+           "saved_config", "train"]
 
 
 @dataclasses.dataclass
@@ -166,6 +166,20 @@ def evaluate(agent: Agent, env: Any, episodes: int, epsilon: float, seed: int, m
         if max_steps and steps_left == 0:
             break
     return returns
+
+
+class RandomPolicy:
+    """Uniformly random actions, with the agent interface :func:`evaluate` needs: the floor every learning
+    curve should clear. ``evaluate(RandomPolicy(env.action_space.n), env, 100, 1.0, seed=0)``."""
+
+    def __init__(self, n_actions: int) -> None:
+        self.n_actions = int(n_actions)
+
+    def initial_state(self) -> None:
+        return None
+
+    def act(self, obs: Any, state: None, epsilon: float, rng: np.random.Generator) -> tuple[int, None]:
+        return int(rng.integers(self.n_actions)), state
 
 
 @dataclasses.dataclass

@@ -81,3 +81,29 @@ def test_results_dir_is_found_upwards_or_from_the_environment(tmp_path, monkeypa
     assert results_dir(tmp_path / "notebooks") == tmp_path / "results"
     monkeypatch.setenv("COMPANION_RESULTS", str(tmp_path / "nowhere"))
     assert results_dir(tmp_path) is None
+
+
+def test_summaries_of_finished_runs(tmp_path):
+    from companion.plots import finished_runs, summarize, summary_table
+
+    dirs = [_fake_run(tmp_path / "runs" / f"seed{s}", "dqn", s, [(10, s), (20, 2 * s + 1)]) for s in range(3)]
+    for d in dirs[:2]:
+        run = RunDir(d)
+        run.write_meta({**run.meta(), "finished": "2026-11-23T00:00:00+0000"})
+    assert finished_runs(tmp_path, "runs/seed*") == dirs[:2]  # the unfinished seed 2 is left out
+    assert finished_runs(None, "runs/seed*") == []
+    (row,) = summarize({"dqn": dirs, "none": []})
+    assert row["label"] == "dqn" and row["n"] == 3 and row["best"] == 5.0
+    np.testing.assert_allclose(row["final"], t_interval(np.array([1.0, 3.0, 5.0])))
+    np.testing.assert_allclose(row["mean"][0], np.mean([0.5, 2.0, 3.5]))
+    table = summary_table({"dqn": dirs})
+    assert table.splitlines()[1].split()[:3] == ["dqn", "3", "3.00"]
+
+
+def test_random_policy_is_the_floor():
+    from companion.envs import make_env
+    from companion.train import RandomPolicy, evaluate
+
+    env = make_env("CartPole-v1")
+    returns = evaluate(RandomPolicy(env.action_space.n), env, 20, 1.0, seed=0)
+    assert len(returns) == 20 and 10 < np.mean(returns) < 40  # CartPole's random policy lasts ~22 steps
