@@ -7,7 +7,7 @@
 #     DARQN-soft and DARQN-hard, with the shared settings of experiments/ch6.sh (repeated here).
 # New here: a popgym memory task for every agent, the context length K on CartPole flicker (K = 16 is the
 # preset, stored in results/ch2-pomdp/sadqn), and the learning rate of Esslinger et al.'s DTQN (3e-4) on
-# CartPole with hidden velocities, where SA-DQN at lr 1e-3 stayed near the random policy.
+# CartPole with hidden velocities and on the popgym task, where SA-DQN at lr 1e-3 stayed near the random policy.
 # Runs are queued most important first, so a cut-off session loses the least. Finished runs are skipped.
 # Usage: bash experiments/ch7.sh [JOBS]   (JOBS in parallel, default 2, one torch thread each)
 set -euo pipefail
@@ -56,9 +56,14 @@ line() {  # line OUT ARGS...: one training command, unless OUT already finished
         --flicker 0.5 --seed $seed --steps 100000 --set seq_len=$k
     done
   done
-  # DTQN's learning rate on the task where lr 1e-3 failed.
+  # DTQN's learning rate on the tasks where lr 1e-3 failed (hidden velocities; the popgym task, added after
+  # its SA-DQN runs at lr 1e-3 stayed at the random policy's return).
   for seed in $SEEDS; do
     line "results/ch7-lr/sadqn-lr3e-4/CartPole-v1-hide1_3/seed$seed" --algo sadqn --env CartPole-v1 --hide 1,3 \
       --seed $seed --steps 100000 --set lr=0.0003
+  done
+  for seed in $SEEDS; do
+    line "results/ch7-lr/sadqn-lr3e-4/$POPGYM_ENV/seed$seed" --algo sadqn --env $POPGYM_ENV --seed $seed \
+      --steps 100000 --set lr=0.0003
   done
 } | xargs -P "$JOBS" -I{} sh -c "$PY -m companion {} --no-progress"
