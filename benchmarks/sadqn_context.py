@@ -4,7 +4,7 @@ Run by hand on an otherwise idle machine:
 ``.venv/bin/python benchmarks/sadqn_context.py [--threads 1] [--device cpu] [--save]``; ``--save`` writes
 ``results/benchmarks/sadqn_context[_DEVICE].json`` with its provenance.
 
-For each K (the training window ``seq_len``; the agent acts on up to K + 1 observations), on CartPole
+For each K (the training window ``seq_len``, and the most observations the agent acts on), on CartPole
 with the chapter 2 preset: milliseconds per update (batch 32 windows of K steps, online and target
 passes, backward, step) and per action (one forward pass over a full context; DRQN steps its LSTM once).
 An update reads K + 1 positions that attend causally, so its attention costs O(K^2) per window while its
@@ -33,7 +33,7 @@ ENV_ID = "CartPole-v1"
 
 
 def ms_per_action(algo: str, overrides: dict, device: torch.device, min_run_time: float) -> float:
-    """One greedy action with a full acting state: SA-DQN's context of K + 1 observations, DRQN's LSTM."""
+    """One greedy action with a full acting state: SA-DQN's context of K observations, DRQN's LSTM."""
     _, config = build_config(algo, ENV_ID, overrides=overrides)
     agent = AGENTS[algo]((4,), 2, config, device)
     rng = np.random.default_rng(0)

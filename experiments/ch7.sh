@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Chapter 7's experiments: SA-DQN (self-attention over the history, and over entities) against the agents of
 # chapters 2 and 6, at equal env steps and with their settings, so that their stored runs are the baselines:
-#   - CartPole with hidden velocities / flicker 0.5, 100k steps: results/ch2-pomdp holds DQN, DQN-stack4, DRQN,
-#     and SA-DQN (run first, with the DRQN preset's lr 1e-3; the runs are listed below and skipped once done).
+#   - CartPole with hidden velocities / flicker 0.5, 100k steps: results/ch2-pomdp holds DQN, DQN-stack4, DRQN.
 #   - MinAtar Seaquest, Breakout, Breakout flicker 0.5, 50k steps: results/ch6-minatar holds DQN-stack4, DRQN,
 #     DARQN-soft and DARQN-hard, with the shared settings of experiments/ch6.sh (repeated here).
-# New here: a popgym memory task for every agent, the context length K on CartPole flicker (K = 16 is the
-# preset, stored in results/ch2-pomdp/sadqn), and the learning rate of Esslinger et al.'s DTQN (3e-4) on
-# CartPole with hidden velocities and on the popgym task, where SA-DQN at lr 1e-3 stayed near the random policy.
+# New here: a popgym memory task for every agent, and the context length K on CartPole flicker (K = 16 is the
+# preset, stored in results/ch2-pomdp/sadqn; K = 32 was planned and dropped for time, its cost is measured by
+# benchmarks/sadqn_context.py).
+# History: the first SA-DQN (history) runs acted on seq_len + 1 observations, one more than any position the
+# TD loss trains; they were withdrawn and made again with the fix (commit "SA-DQN acts on seq_len
+# observations"). The entity runs were not affected and were kept.
 # Runs are queued most important first, so a cut-off session loses the least. Finished runs are skipped.
 # Usage: bash experiments/ch7.sh [JOBS]   (JOBS in parallel, default 2, one torch thread each)
 set -euo pipefail
@@ -24,6 +26,14 @@ line() {  # line OUT ARGS...: one training command, unless OUT already finished
   echo "train $* --out $out"
 }
 {
+  # Most important first. The SA-DQN (history) runs were all made again after the context fix (see below).
+  # The popgym memory task: every agent that reads vectors (DQN, DQN-stack4 and DRQN runs are stored).
+  for seed in $SEEDS; do
+    for agent in "sadqn:sadqn" "dqn:dqn" "dqn --set frame_stack=4:dqn-stack4" "drqn:drqn"; do
+      line "results/ch7-popgym/${agent##*:}/$POPGYM_ENV/seed$seed" --algo ${agent%%:*} --env $POPGYM_ENV \
+        --seed $seed --steps 100000
+    done
+  done
   # CartPole POMDPs, with chapter 2's settings and length.
   for seed in $SEEDS; do
     for variant in "--hide 1,3:CartPole-v1-hide1_3" "--flicker 0.5:CartPole-v1-flicker0.5"; do
@@ -42,28 +52,11 @@ line() {  # line OUT ARGS...: one training command, unless OUT already finished
         $MINATAR
     done
   done
-  # A popgym memory task: every agent that reads vectors.
+  # The context length K (the training window seq_len, and the most observations the agent acts on).
   for seed in $SEEDS; do
-    for agent in "dqn:dqn" "dqn --set frame_stack=4:dqn-stack4" "drqn:drqn" "sadqn:sadqn"; do
-      line "results/ch7-popgym/${agent##*:}/$POPGYM_ENV/seed$seed" --algo ${agent%%:*} --env $POPGYM_ENV \
-        --seed $seed --steps 100000
-    done
-  done
-  # The context length K (training window seq_len; the agent acts on seq_len + 1 observations).
-  for seed in $SEEDS; do
-    for k in 4 32; do
+    for k in 4 8; do  # 16 is the preset: results/ch2-pomdp/sadqn
       line "results/ch7-context/sadqn-K$k/CartPole-v1-flicker0.5/seed$seed" --algo sadqn --env CartPole-v1 \
         --flicker 0.5 --seed $seed --steps 100000 --set seq_len=$k
     done
-  done
-  # DTQN's learning rate on the tasks where lr 1e-3 failed (hidden velocities; the popgym task, added after
-  # its SA-DQN runs at lr 1e-3 stayed at the random policy's return).
-  for seed in $SEEDS; do
-    line "results/ch7-lr/sadqn-lr3e-4/CartPole-v1-hide1_3/seed$seed" --algo sadqn --env CartPole-v1 --hide 1,3 \
-      --seed $seed --steps 100000 --set lr=0.0003
-  done
-  for seed in $SEEDS; do
-    line "results/ch7-lr/sadqn-lr3e-4/$POPGYM_ENV/seed$seed" --algo sadqn --env $POPGYM_ENV --seed $seed \
-      --steps 100000 --set lr=0.0003
   done
 } | xargs -P "$JOBS" -I{} sh -c "$PY -m companion {} --no-progress"

@@ -91,20 +91,41 @@ def test_td_loss_at_every_position_with_padding_masked_out():
 
 
 def test_acting_keeps_a_bounded_context_and_matches_the_unroll():
-    agent = _agent(seq_len=3)  # context: 4 observations
+    agent = _agent(seq_len=3)  # windows of 3 transitions: the agent acts on up to 3 observations
     rng = np.random.default_rng(0)
     obs = rng.normal(size=(7, 2)).astype(np.float32)
     state = agent.initial_state()
     for o in obs:
         _, state = agent.act(o, state, 0.0, rng)
-    assert state.shape == (4, 2)
-    np.testing.assert_array_equal(state, obs[-4:])
+    assert state.shape == (3, 2)
+    np.testing.assert_array_equal(state, obs[-3:])
     with torch.no_grad():
-        q, _ = agent.q(torch.as_tensor(obs[-4:])[None])
-    action, _ = agent.act(obs[-1], obs[-4:-1], 0.0, rng)
+        q, _ = agent.q(torch.as_tensor(obs[-3:])[None])
+    action, _ = agent.act(obs[-1], obs[-3:-1], 0.0, rng)
     assert action == int(q[0, -1].argmax())
-    maps = agent.attention_weights(obs[:4])
-    assert len(maps) == 2 and maps[0].shape == (4, 4, 4)
+    maps = agent.attention_weights(obs[:3])
+    assert len(maps) == 2 and maps[0].shape == (4, 3, 3)
+
+
+@pytest.mark.parametrize("burn_in", [0, 2])
+def test_acting_reads_only_positions_the_td_loss_trains(burn_in):
+    """Regression: the first version acted on seq_len + 1 observations, so once an episode was longer than
+    the window it read its actions at a position whose embedding the loss never trained."""
+    agent = _agent(seq_len=4, burn_in=burn_in)
+    buffer = agent.make_buffer(np.dtype(np.float32), seed=0)
+    rng = np.random.default_rng(0)
+    for t in range(40):  # one long episode: every window is full
+        buffer.add(rng.normal(size=2), int(rng.integers(2)), 1.0, rng.normal(size=2), False, False)
+    agent.optimizer.zero_grad()
+    agent.loss(buffer.sample(8))[0].backward()
+    grad = agent.q.positions.embedding.grad.abs().sum(-1)  # (burn_in + seq_len + 1,)
+    trained = grad > 0
+    assert trained[burn_in: agent.context_len].all()  # every position the agent acts from, past the burn-in
+    assert not trained[agent.context_len:].any()  # the last one only supplies bootstrap values
+    state = None
+    for o in rng.normal(size=(10, 2)).astype(np.float32):
+        _, state = agent.act(o, state, 0.0, rng)
+    assert len(state) == agent.context_len == burn_in + 4
 
 
 def test_entity_variant_shapes_and_weights():

@@ -9,8 +9,10 @@ A Q-network maps what the agent has seen to one value per action and is trained 
   head gives ``Q(h_t, .)`` at every position ``t`` from the tokens up to ``t``. Learning samples
   windows from :class:`~companion.buffers.SequenceReplayBuffer`, as DRQN does, and applies the TD loss
   at every position where the window's first episode is still running. When acting, the agent keeps
-  its context window: the observations of the current episode, at most ``seq_len + 1`` of them, the
-  most any training position saw.
+  its context window: the observations of the current episode, at most ``burn_in + seq_len`` of them,
+  the most that any position *trained by the TD loss* saw. (A window holds one observation more, the
+  last, but its position only supplies the bootstrap value: reading actions from it would use a
+  position embedding the loss never trained.)
 - **Over entities** (:class:`EntitySADQN`, ``--algo sadqn-entity``), after relational deep RL
   (Zambaldi et al. 2018): the tokens are the cells of a CNN feature map (MinAtar's 8x8 locations),
   each with a learned position; non-causal self-attention lets every cell attend to every other;
@@ -53,7 +55,7 @@ class SADQNConfig(QLearningConfig):
     mlp_ratio: int = 4
     dropout: float = 0.0
     positions: str = "learned"  # "learned" or "sinusoidal"
-    seq_len: int = 16  # training window; the acting context holds up to seq_len + 1 observations
+    seq_len: int = 16  # training window; the acting context holds up to burn_in + seq_len observations
     burn_in: int = 0
     hidden: tuple[int, ...] = (64,)  # observation encoder widths for vector observations
     head_hidden: int = 128  # entity variant: the MLP after pooling
@@ -102,7 +104,7 @@ class HistoryQNetwork(nn.Module):
         super().__init__()
         self.encoder = make_encoder(obs_shape, config.hidden)
         self.embed = nn.Linear(self.encoder.out_dim, config.d_model)
-        max_len = config.burn_in + config.seq_len + 1
+        max_len = config.burn_in + config.seq_len + 1  # a window's observations, the bootstrap one included
         position_cls = LearnedPositionalEmbedding if config.positions == "learned" else SinusoidalPositionalEncoding
         self.positions = position_cls(max_len, config.d_model)
         self.blocks = _blocks(config)
@@ -153,8 +155,15 @@ class SADQN(QAgent):
 
     @property
     def context_len(self) -> int:
-        """The most observations the agent acts from: as many as the last position of a training window."""
-        return self.config.burn_in + self.config.seq_len + 1
+        """The most observations the agent acts from: as many as the last position the TD loss trains.
+
+        A window of ``T = burn_in + seq_len`` transitions has ``T + 1`` observations; the loss reads
+        ``Q`` at positions ``0..T-1`` and the target network at ``1..T``. Position ``T`` of the online
+        network is never trained, so acting from ``T + 1`` observations would read its actions from an
+        untrained position embedding (this module's first version did; chapter 7 tells what it cost).
+        The bootstrap value of position ``T - 1`` is still read at position ``T`` of the *target*
+        network: one target in ``T`` rests on that untrained embedding."""
+        return self.config.burn_in + self.config.seq_len
 
     def make_buffer(self, obs_dtype: np.dtype, seed: int) -> SequenceReplayBuffer:
         c = self.config
