@@ -114,7 +114,7 @@ def test_acting_reads_only_positions_the_td_loss_trains(burn_in):
     agent = _agent(seq_len=4, burn_in=burn_in)
     buffer = agent.make_buffer(np.dtype(np.float32), seed=0)
     rng = np.random.default_rng(0)
-    for t in range(40):  # one long episode: every window is full
+    for _ in range(40):  # one long episode: every window is full
         buffer.add(rng.normal(size=2), int(rng.integers(2)), 1.0, rng.normal(size=2), False, False)
     agent.optimizer.zero_grad()
     agent.loss(buffer.sample(8))[0].backward()
