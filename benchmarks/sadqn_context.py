@@ -13,7 +13,6 @@ MLPs cost O(K); acting re-reads the whole context at every step, O(K^2), where D
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from update_cost import measure  # noqa: E402
+from update_cost import benchmark_args, measure  # noqa: E402
 
 from companion.agents import AGENTS  # noqa: E402
 from companion.cost import time_call  # noqa: E402
@@ -45,16 +44,7 @@ def ms_per_action(algo: str, overrides: dict, device: torch.device, min_run_time
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
-    parser.add_argument("--min-run-time", type=float, default=1.0, help="seconds of timing per case")
-    parser.add_argument("--save", action="store_true", help="write the table to results/benchmarks/")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    print(f"torch {torch.__version__}, {device}, {torch.get_num_threads()} thread(s)")
+    args, device = benchmark_args(__doc__.splitlines()[0])
     cases = [("SA-DQN", "sadqn", {"seq_len": k}) for k in CONTEXTS] + [("DRQN", "drqn", {"seq_len": 16})]
     rows = []
     for label, algo, overrides in cases:

@@ -53,8 +53,10 @@ def measure(algo: str, env_id: str, overrides: dict, device: torch.device, min_r
             "window": getattr(config, "seq_len", None)}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def benchmark_args(description: str) -> tuple[argparse.Namespace, torch.device]:
+    """The command line the timing benchmarks share: ``--device``, ``--threads``, ``--min-run-time``,
+    ``--save``; sets the thread count and prints what the timings ran on."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--min-run-time", type=float, default=1.0, help="seconds of timing per case")
@@ -64,6 +66,11 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     print(f"torch {torch.__version__}, {device}, {torch.get_num_threads()} thread(s)")
+    return args, device
+
+
+def main() -> None:
+    args, device = benchmark_args(__doc__.splitlines()[0])
     rows = []
     for label, algo, env_id, overrides in CASES:
         row = {"agent": label, "algo": algo, "env_id": env_id, "overrides": overrides,
