@@ -26,7 +26,7 @@ line() {  # line OUT ARGS...: one training command, unless OUT already finished
   echo "train $* --out $out"
 }
 {
-  # Most important first. The SA-DQN (history) runs were all made again after the context fix (see below).
+  # Most important first. The SA-DQN (history) runs were all made again after the context fix (see the top).
   # The popgym memory task: every agent that reads vectors (DQN, DQN-stack4 and DRQN runs are stored).
   for seed in $SEEDS; do
     for agent in "sadqn:sadqn" "dqn:dqn" "dqn --set frame_stack=4:dqn-stack4" "drqn:drqn"; do
