@@ -1,23 +1,31 @@
-"""The off-policy training loop, evaluation, and checkpoints (book chapter 2).
+"""The training harness: what every run needs, whatever the algorithm (book chapters 2 and 3).
 
-One loop serves every Q-learning agent in :data:`companion.agents.AGENTS`. It owns the env, the
-replay buffer, the exploration schedule, evaluation and the records; the agent owns its networks and
-its update. Reading order: :class:`RunConfig`, :func:`build_config`, :func:`train`, :func:`evaluate`.
+The harness owns the run: its config and run directory, seeding, the evaluation cadence, checkpoints
+with exact resume, stop signals (Ctrl-C, and SIGTERM as a cluster sends before preemption), the
+progress bar and ``meta.json``. It builds the agent from :data:`companion.agents.AGENTS` and hands it
+to the loop the agent names (``agent.loop``) in :mod:`companion.loops`:
+
+- ``off_policy`` (:mod:`companion.loops.off_policy`): Q-learning agents (DQN, DRQN, DARQN, SA-DQN);
+  replay, epsilon-greedy exploration, target copies; checkpoints at episode ends.
+- ``on_policy`` (:mod:`companion.loops.on_policy`): actor-critic agents (PPO, A2C and their recurrent
+  and attention variants); rollouts over vector envs, GAE, epochs of minibatches; checkpoints at
+  rollout ends.
+
+The agent owns its networks and its update; the loop owns the env, the buffer or rollout and the
+schedule. Reading order: :class:`RunConfig`, :func:`build_config`, :func:`train`, :func:`evaluate`.
 
 Reproducibility: every episode is reset with a seed derived from the run's seed and the episode's
-index, and every random generator (exploration, replay sampling, evaluation) is seeded from the run's
-seed. Checkpoints are taken at episode boundaries, where the env's whole state is that seed, so a
-run that is interrupted and resumed produces the same records as one that was not.
+index, and every random generator (exploration, sampling, evaluation) is seeded from the run's seed.
+A checkpoint holds the agent, torch's random state and the loop's own state, so a run that is
+interrupted and resumed produces the same records as one that was not.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import signal
 import time
-from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +33,11 @@ import numpy as np
 import torch
 
 from companion.agents import AGENTS, Agent
-from companion.agents.base import linear_schedule
 from companion.budget import by_budget, get_budget
 from companion.envs import check_discrete_actions, env_family, make_env
-from companion.records import UPDATE_LOG_EVERY, RunDir, now, provenance
-from companion.utils import get_device, progress, seed_everything
+from companion.loops import LOOPS, LoopContext
+from companion.records import RunDir, now, provenance
+from companion.utils import episode_seed, get_device, progress, seed_everything
 
 __all__ = ["RandomPolicy", "RunConfig", "TrainResult", "build_config", "evaluate", "load_agent", "make_run_env",
            "saved_config", "train"]
@@ -122,11 +130,6 @@ def _coerce(value: Any, current: Any, key: str) -> Any:
     return value
 
 
-def _episode_seed(seed: int, episode: int, stream: int = 0) -> int:
-    """A seed for one episode, independent across (seed, stream, episode)."""
-    return int(np.random.SeedSequence([seed, stream, episode]).generate_state(1)[0])
-
-
 def make_run_env(run: RunConfig, agent_config: Any) -> Any:
     """The env a run trains and evaluates on."""
     return make_env(run.env_id, frame_stack=agent_config.frame_stack, hide=run.hide, flicker=run.flicker)
@@ -151,7 +154,7 @@ def evaluate(agent: Agent, env: Any, episodes: int, epsilon: float, seed: int, m
     returns: list[float] = []
     steps_left = max_steps
     for episode in range(episodes if not max_steps else 2**62):
-        obs, _ = env.reset(seed=_episode_seed(seed, episode, stream=1))
+        obs, _ = env.reset(seed=episode_seed(seed, episode, stream=1))
         state, total, done = agent.initial_state(), 0.0, False
         while not done:
             action, state = agent.act(obs, state, epsilon, rng)
@@ -183,6 +186,7 @@ class RandomPolicy:
 
 
 @dataclasses.dataclass
+@dataclasses.dataclass
 class TrainResult:
     run_dir: Path
     agent: Agent
@@ -193,28 +197,33 @@ class TrainResult:
 
 
 class _StopRequest:
-    """First Ctrl-C: finish the episode, save, stop. Second: stop at once without saving."""
+    """The first Ctrl-C (SIGINT) or SIGTERM: finish the episode (or rollout), save, stop. A second: stop at
+    once without saving. SIGTERM is what a cluster scheduler sends before it preempts a job."""
+
+    _SIGNALS = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous: Any = None
+        self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> _StopRequest:
-        try:
-            self._previous = signal.signal(signal.SIGINT, self._handler)
-        except ValueError:  # not the main thread: no handler, Ctrl-C behaves as usual
-            self._previous = None
+        for signum in self._SIGNALS:
+            try:
+                self._previous[signum] = signal.signal(signum, self._handler)
+            except ValueError:  # not the main thread: no handler, signals behave as usual
+                pass
         return self
 
     def _handler(self, signum: int, frame: Any) -> None:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        print("\nCtrl-C: finishing this episode, then saving a checkpoint (Ctrl-C again to stop without saving)")
+        print(f"\n{self._SIGNALS.get(signum, 'signal')}: finishing this episode (or rollout), then saving a "
+              f"checkpoint ({self._SIGNALS.get(signum, 'the signal')} again to stop without saving)", flush=True)
 
     def __exit__(self, *exc: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
 
 
 def train(run: RunConfig, agent_config: Any, out: str | Path, *, resume: bool = False, show_progress: bool = True,
@@ -227,126 +236,76 @@ def train(run: RunConfig, agent_config: Any, out: str | Path, *, resume: bool = 
         resume: continue the run in ``out`` from its last checkpoint, to the same result as an
             uninterrupted run.
         show_progress: a progress bar with steps/s and the mean return of the last 10 episodes.
-        stop_at: stop (with a checkpoint) at the first episode end at or after this step, as Ctrl-C does.
+        stop_at: stop (with a checkpoint) at the first episode end (off-policy) or rollout end (on-policy)
+            at or after this step, as Ctrl-C does.
     """
     run_dir = RunDir(out)
     if resume:
         run, agent_config = saved_config(run_dir)
     agent_cls = AGENTS[run.algo]
-    env = make_run_env(run, agent_config)
+    probe = make_run_env(run, agent_config)
     eval_env = make_run_env(run, agent_config)
-    n_actions = check_discrete_actions(env, run.env_id, run.algo.upper())
+    n_actions = check_discrete_actions(probe, run.env_id, run.algo.upper())
+    obs_shape = probe.observation_space.shape
+    probe.close()
     seed_everything(run.seed)
     if run.threads:
         torch.set_num_threads(run.threads)
     device = get_device(run.device or None)
-    agent = agent_cls(env.observation_space.shape, n_actions, agent_config, device)
-    buffer = agent.make_buffer(env.observation_space.dtype, seed=_episode_seed(run.seed, 0, stream=2))
-    explore_rng = np.random.default_rng([run.seed, 0xE8])
-    step = episode = 0
-    meta: dict[str, Any] = {}
-    update_sums: dict[str, float] = {}  # training scalars summed since the last row of updates.csv
-    update_count = 0
+    agent = agent_cls(obs_shape, n_actions, agent_config, device)
+    resume_from = None
     if resume:
         state, replay = run_dir.load_checkpoint()
         agent.load_state_dict(state["agent"])
-        if replay is None:
-            raise FileNotFoundError(f"{run_dir.path} has no replay.pt: cannot resume exactly")
-        buffer.load_state_dict(replay)
-        explore_rng.bit_generator.state = json.loads(state["explore_rng"])
         torch.set_rng_state(state["torch_rng"])
-        step, episode = int(state["step"]), int(state["episode"])
-        update_sums, update_count = json.loads(state.get("update_log", '[{}, 0]'))
+        resume_from = (state["loop"], replay)
+        step = int(state["loop"]["step"])
         run_dir.truncate_after(step)
         meta = run_dir.meta()
         meta["resumed"] = meta.get("resumed", 0) + 1
     else:
+        step = 0
         run_dir = RunDir.create(out, {"run": dataclasses.asdict(run), "agent": dataclasses.asdict(agent_config)})
         meta = {"started": now(), "seed": run.seed, "budget": run.budget, "wall_seconds": 0.0}
     meta.update(provenance(device), parameters=agent.num_parameters())
-    c = agent_config
-    eps_duration = int(c.eps_fraction * run.total_steps)
-    recent: deque[float] = deque(maxlen=10)
-    last_eval = float("nan")
-    next_checkpoint = (step // run.checkpoint_every + 1) * run.checkpoint_every
 
-    def save() -> None:
-        state = {"agent": agent.state_dict(), "step": step, "episode": episode,
-                 "explore_rng": json.dumps(explore_rng.bit_generator.state), "torch_rng": torch.get_rng_state(),
-                 "update_log": json.dumps([update_sums, update_count])}
-        run_dir.save_checkpoint(state, buffer.state_dict())
+    def evaluate_at(at_step: int) -> float:
+        returns = evaluate(agent, eval_env, run.eval_episodes, agent_config.eval_epsilon,
+                           seed=run.seed * 1_000_003 + at_step, max_steps=run.eval_steps)
+        mean = float(np.mean(returns))
+        run_dir.append("eval", (at_step, f"{mean:.6g}", f"{np.std(returns):.6g}", len(returns)))
+        return mean
 
-    obs, _ = env.reset(seed=_episode_seed(run.seed, episode))
-    recurrent_state = agent.initial_state()
-    episode_return, episode_length = 0.0, 0
+    def checkpoint(loop_state: dict[str, Any], replay: dict[str, Any] | None) -> None:
+        run_dir.save_checkpoint({"agent": agent.state_dict(), "torch_rng": torch.get_rng_state(),
+                                 "loop": loop_state}, replay)
+
     start = time.perf_counter()
-    start_step = step
-    interrupted = False
     bar = progress(total=run.total_steps, initial=step, desc=f"{run.algo} {run.env_id} seed {run.seed}",
                    disable=not show_progress, unit="step")
     with _StopRequest() as stop:
-        while step < run.total_steps:
-            epsilon = linear_schedule(c.eps_start, c.eps_end, eps_duration, step)
-            action, recurrent_state = agent.act(obs, recurrent_state, epsilon, explore_rng)
-            next_obs, reward, terminated, truncated, _ = env.step(action)
-            buffer.add(obs, action, reward, next_obs, terminated, truncated)
-            obs = next_obs
-            step += 1
-            episode_return += float(reward)
-            episode_length += 1
-            if step > c.learning_starts and step % c.train_freq == 0:
-                agent.set_step(step)
-                for _ in range(c.gradient_steps):
-                    for key, value in agent.update(buffer).items():
-                        update_sums[key] = update_sums.get(key, 0.0) + value
-                    update_count += 1
-            if step % UPDATE_LOG_EVERY == 0 and update_count:
-                run_dir.append_updates(step, {k: v / update_count for k, v in update_sums.items()})
-                update_sums, update_count = {}, 0
-            if step % c.target_update == 0:
-                agent.sync_target()
-            if step % run.eval_every == 0 or step == run.total_steps:
-                returns = evaluate(agent, eval_env, run.eval_episodes, c.eval_epsilon,
-                                   seed=run.seed * 1_000_003 + step, max_steps=run.eval_steps)
-                last_eval = float(np.mean(returns))
-                run_dir.append("eval", (step, f"{last_eval:.6g}", f"{np.std(returns):.6g}", len(returns)))
-            if step % 500 == 0:
-                bar.update(step - bar.n)
-                if recent:
-                    bar.set_postfix(ret=f"{np.mean(recent):.1f}", eps=f"{epsilon:.2f}", refresh=False)
-            if terminated or truncated:
-                run_dir.append("metrics", (episode, step, f"{episode_return:.6g}", episode_length))
-                recent.append(episode_return)
-                episode += 1
-                obs, _ = env.reset(seed=_episode_seed(run.seed, episode))
-                recurrent_state = agent.initial_state()
-                episode_return, episode_length = 0.0, 0
-                stopping = stop.requested or (stop_at is not None and step >= stop_at)
-                if stopping or step >= next_checkpoint:
-                    save()
-                    next_checkpoint = (step // run.checkpoint_every + 1) * run.checkpoint_every
-                if stopping:
-                    interrupted = True
-                    break
-        if not interrupted:
-            save()  # the end of the run: a mid-episode stop, but nothing follows it
-            run_dir.save_policy(agent.q.state_dict())
-    bar.update(step - bar.n)
+        context = LoopContext(agent=agent, env_fn=lambda: make_run_env(run, agent_config), records=run_dir,
+                              seed=run.seed, total_steps=run.total_steps, eval_every=run.eval_every,
+                              checkpoint_every=run.checkpoint_every, evaluate=evaluate_at, checkpoint=checkpoint,
+                              stop=stop, stop_at=stop_at, progress=bar, resume=resume_from)
+        result = LOOPS[agent.loop](context)
+    if not result.interrupted:
+        run_dir.save_policy(agent.policy_state_dict())
+    bar.update(result.steps - bar.n)
     bar.close()
     wall = time.perf_counter() - start
-    meta.update(finished=now(), steps=step, episodes=episode, interrupted=interrupted,
+    meta.update(finished=now(), steps=result.steps, episodes=result.episodes, interrupted=result.interrupted,
                 wall_seconds=round(meta.get("wall_seconds", 0.0) + wall, 2),
-                steps_per_second=round((step - start_step) / wall, 1) if wall > 0 else None,
-                final_eval_mean_return=None if math.isnan(last_eval) else last_eval)
+                steps_per_second=round((result.steps - step) / wall, 1) if wall > 0 else None,
+                final_eval_mean_return=None if math.isnan(result.last_eval) else result.last_eval)
     run_dir.write_meta(meta)
-    env.close()
     eval_env.close()
-    return TrainResult(run_dir.path, agent, step, episode, last_eval, interrupted)
+    return TrainResult(run_dir.path, agent, result.steps, result.episodes, result.last_eval, result.interrupted)
 
 
 def load_agent(run_dir: str | Path, device: str | None = None) -> tuple[Agent, RunConfig, Any]:
     """Rebuild a trained agent from a run directory: from ``checkpoint.pt`` where there is one, else from
-    the final ``policy.pt`` (the online network only, which is what a fresh clone has)."""
+    the final ``policy.pt`` (the acting network only, which is what a fresh clone has)."""
     run, agent_config = saved_config(run_dir)
     env = make_run_env(run, agent_config)
     agent = AGENTS[run.algo](env.observation_space.shape, int(env.action_space.n), agent_config,
@@ -356,9 +315,7 @@ def load_agent(run_dir: str | Path, device: str | None = None) -> tuple[Agent, R
         state, _ = records.load_checkpoint(with_replay=False)
         agent.load_state_dict(state["agent"])
     elif records.policy_path.exists():
-        policy = torch.load(records.policy_path, map_location=agent.device, weights_only=True)
-        agent.q.load_state_dict(policy)
-        agent.target.load_state_dict(policy)
+        agent.load_policy_state_dict(torch.load(records.policy_path, map_location=agent.device, weights_only=True))
     else:
         raise FileNotFoundError(f"{records.path} has neither checkpoint.pt nor policy.pt")
     env.close()

@@ -47,6 +47,16 @@ def seed_everything(seed: int, env: Any | None = None, *, deterministic_torch: b
     return np.random.default_rng(seed)
 
 
+def episode_seed(seed: int, episode: int, stream: int = 0) -> int:
+    """A seed for one episode, independent across ``(seed, stream, episode)``.
+
+    The training loops reset every episode with such a seed, so an episode is fixed by the run's seed
+    and its index: that is what lets an interrupted run resume to the same records. Streams keep
+    apart the episodes of training (0), evaluation (1), and the sub-envs of a vector env (10 + index).
+    """
+    return int(np.random.SeedSequence([seed, stream, episode]).generate_state(1)[0])
+
+
 def get_device(device: str | torch.device | None = None) -> torch.device:
     """Choose where tensors live.
 

@@ -67,7 +67,7 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, algo):
 def test_checkpoint_loads_with_weights_only_and_rebuilds_the_agent(tmp_path):
     result = _run(tmp_path, "a")
     state = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)  # no code can run
-    assert state["step"] == 1200
+    assert state["loop"]["step"] == 1200
     agent, run, _ = load_agent(tmp_path / "a")
     obs = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
     np.testing.assert_array_equal(agent.q_values(obs), result.agent.q_values(obs))
@@ -171,7 +171,7 @@ def test_ctrl_c_finishes_the_episode_saves_and_stops(tmp_path):
     assert "finishing this episode" in stdout and "stopped (resume with --resume)" in stdout
     state = torch.load(out / "checkpoint.pt", weights_only=True)
     metrics = RunDir(out).metrics()
-    assert state["step"] == metrics["step"][-1] < 200_000  # saved at the end of an episode
+    assert state["loop"]["step"] == metrics["step"][-1] < 200_000  # saved at the end of an episode
     assert RunDir(out).meta()["interrupted"] is True
 
 

@@ -1,8 +1,10 @@
-"""What the training loop needs from an agent, and the parts every Q-learning agent shares.
+"""What the harness needs from any agent (:class:`Agent`), and the parts every Q-learning agent shares
+(:class:`QAgent`, the TD losses).
 
-An agent owns its networks, its optimizer and its update rule. The loop owns the env, the replay
-buffer, the exploration schedule, evaluation and the records. A new algorithm is a new file in
-``companion/agents/`` and a line in :data:`companion.agents.AGENTS`, not a copy of the loop.
+An agent owns its networks, its optimizer and its update rule. The harness (:mod:`companion.train`)
+owns the run: config, records, evaluation, checkpoints. The loop the agent names
+(:mod:`companion.loops`) owns the env, the replay buffer or rollout, and the schedule. A new algorithm
+is a new file in ``companion/agents/`` and a line in :data:`companion.agents.AGENTS`, not a copy of a loop.
 """
 
 from __future__ import annotations
@@ -75,11 +77,21 @@ def linear_schedule(start: float, end: float, duration: int, step: int) -> float
 
 
 class Agent(ABC):
-    """The interface the loop uses. Observations arrive as numpy arrays of one env, unbatched."""
+    """What the harness (:mod:`companion.train`) needs from any agent, whatever its family.
+
+    An agent owns its networks, its optimizer and its update rule. The harness builds it, evaluates
+    it, saves it and hands it to the loop named by :attr:`loop`; the loop (:mod:`companion.loops`)
+    owns the env, the replay buffer or rollout, and the schedule. Q-learning's parts (replay, target
+    copies, exploration) live in :class:`QAgent`; actor-critic's (rollouts, log-probabilities, values)
+    in :class:`companion.agents.actor_critic.ActorCriticAgent`. Observations arrive as numpy arrays of
+    one env, unbatched.
+    """
 
     #: the config dataclass of this agent
     Config: ClassVar[type]
-    #: whether :meth:`act` carries a recurrent state
+    #: the training loop this agent learns in: ``"off_policy"`` (replay) or ``"on_policy"`` (rollouts)
+    loop: ClassVar[str]
+    #: whether :meth:`act` carries a state from step to step (a recurrent state, a context of observations)
     recurrent: ClassVar[bool] = False
 
     def __init__(self, obs_shape: tuple[int, ...], n_actions: int, config: Any, device: torch.device) -> None:
@@ -90,32 +102,27 @@ class Agent(ABC):
     def preset(cls, family: str) -> Any:
         """The config for an env family: ``"gym"`` (classic control), ``"popgym"``, ``"MinAtar"``, ``"ALE"``."""
 
-    @abstractmethod
-    def make_buffer(self, obs_dtype: np.dtype, seed: int) -> ReplayBuffer:
-        """A replay buffer of the kind this agent learns from."""
-
     def initial_state(self) -> Any:
-        """The recurrent state at the start of an episode (``None`` for feed-forward agents)."""
+        """The state :meth:`act` starts an episode from (``None`` for feed-forward agents)."""
         return None
 
     @abstractmethod
     def act(self, obs: np.ndarray, state: Any, epsilon: float, rng: np.random.Generator) -> tuple[int, Any]:
-        """Epsilon-greedy action for one observation; returns ``(action, next_state)``."""
+        """The agent's action for one observation; returns ``(action, next_state)``.
 
-    @abstractmethod
-    def update(self, buffer: ReplayBuffer) -> dict[str, float]:
-        """One gradient step on a sample from ``buffer``; returns scalars to log."""
-
-    def set_step(self, step: int) -> None:  # noqa: B027 (an optional hook: most agents need no schedule)
-        """Told the env step before each burst of updates (for schedules such as learning-rate annealing)."""
-
-    @abstractmethod
-    def sync_target(self) -> None:
-        """Copy the online network into the target network."""
+        With probability ``epsilon`` the action is replaced by a uniformly random one, drawn from ``rng``.
+        For every agent this is the evaluation protocol's noise (the Atari papers evaluate at 0.05);
+        Q-learning agents also explore with it during training.
+        """
 
     @abstractmethod
     def modules(self) -> dict[str, nn.Module | torch.optim.Optimizer]:
         """The networks and optimizer, by name, for checkpoints."""
+
+    @abstractmethod
+    def policy_network(self) -> nn.Module:
+        """The network that acts: saved as ``policy.pt`` at the end of a run, and counted by
+        :meth:`num_parameters`."""
 
     def state_dict(self) -> dict[str, Any]:
         return {name: module.state_dict() for name, module in self.modules().items()}
@@ -124,10 +131,29 @@ class Agent(ABC):
         for name, module in self.modules().items():
             module.load_state_dict(state[name])
 
+    def policy_state_dict(self) -> dict[str, Any]:
+        """The acting network's weights, as written to ``policy.pt``."""
+        return self.policy_network().state_dict()
+
+    def load_policy_state_dict(self, state: dict[str, Any]) -> None:
+        """Load ``policy.pt`` (what a fresh clone has: no optimizer, no target network)."""
+        self.policy_network().load_state_dict(state)
+
     def num_parameters(self) -> int:
-        """Trainable parameters of the online network."""
-        online = self.modules()["q"]
-        return sum(p.numel() for p in online.parameters() if p.requires_grad)
+        """Trainable parameters of the acting network."""
+        return sum(p.numel() for p in self.policy_network().parameters() if p.requires_grad)
+
+    @contextlib.contextmanager
+    def inference(self) -> Iterator[None]:
+        """The acting network in eval mode, without autograd, back in training mode afterwards: for acting
+        and for reading attention weights (dropout off; DARQN-hard samples instead of mixing)."""
+        network = self.policy_network()
+        network.eval()
+        try:
+            with torch.inference_mode():
+                yield
+        finally:
+            network.train()
 
 
 def make_optimizer(params: Any, config: QLearningConfig) -> torch.optim.Optimizer:
@@ -152,8 +178,12 @@ class QAgent(Agent):
     """A Q-learning agent: an online network ``q``, its target copy, Adam, and a TD ``loss`` to define.
 
     DQN, DRQN and the attention agents of later chapters differ in their network and their loss on a
-    sampled batch; the update step, the target copy and the checkpoint contents are shared here.
+    sampled batch; the update step, the target copy and the checkpoint contents are shared here. It
+    learns in the off-policy loop (:mod:`companion.loops.off_policy`): epsilon-greedy acting, replay,
+    a burst of updates every ``train_freq`` steps, and a target copy every ``target_update`` steps.
     """
+
+    loop = "off_policy"
 
     def __init__(self, obs_shape: tuple[int, ...], n_actions: int, config: QLearningConfig, device: torch.device,
                  network: nn.Module) -> None:
@@ -164,10 +194,15 @@ class QAgent(Agent):
         self.optimizer = make_optimizer(self.q.parameters(), config)
 
     @abstractmethod
+    def make_buffer(self, obs_dtype: np.dtype, seed: int) -> ReplayBuffer:
+        """A replay buffer of the kind this agent learns from."""
+
+    @abstractmethod
     def loss(self, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
         """The TD loss on a batch from this agent's buffer, and scalars to log."""
 
     def set_step(self, step: int) -> None:
+        """Told the env step before each burst of updates: anneals the learning rate if the config says so."""
         c = self.config
         if c.lr_end > 0 and c.lr_decay_steps > 0:
             lr = linear_schedule(c.lr, c.lr_end, c.lr_decay_steps, step)
@@ -175,6 +210,7 @@ class QAgent(Agent):
                 group["lr"] = lr
 
     def update(self, buffer: ReplayBuffer) -> dict[str, float]:
+        """One gradient step on a sample from ``buffer``; returns scalars to log."""
         c = self.config
         loss, info = self.loss(buffer.sample(c.batch_size))
         self.optimizer.zero_grad(set_to_none=True)
@@ -187,19 +223,15 @@ class QAgent(Agent):
         return {"loss": loss.item(), **info}
 
     def sync_target(self) -> None:
+        """Copy the online network into the target network."""
         self.target.load_state_dict(self.q.state_dict())
 
-    @contextlib.contextmanager
-    def inference(self) -> Iterator[None]:
-        """The online network in eval mode, without autograd, back in training mode afterwards: for acting
-        (DARQN-hard then samples at every step instead of mixing in the soft weights) and for reading
-        attention weights."""
-        self.q.eval()
-        try:
-            with torch.inference_mode():
-                yield
-        finally:
-            self.q.train()
+    def policy_network(self) -> nn.Module:
+        return self.q
+
+    def load_policy_state_dict(self, state: dict[str, Any]) -> None:
+        self.q.load_state_dict(state)
+        self.target.load_state_dict(state)
 
     def modules(self) -> dict[str, nn.Module | torch.optim.Optimizer]:
         return {"q": self.q, "target": self.target, "optimizer": self.optimizer}
