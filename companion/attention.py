@@ -38,11 +38,13 @@ __all__ = [
     "LearnedPositionalEmbedding",
     "MultiHeadAttention",
     "SinusoidalPositionalEncoding",
+    "TransformerBlock",
     "causal_mask",
     "masked_softmax",
     "padding_mask",
     "scaled_dot_product_attention",
     "sinusoidal_positional_encoding",
+    "window_mask",
 ]
 
 
@@ -252,9 +254,20 @@ class MultiHeadAttention(nn.Module):
             ``(output, weights)``: output ``(B, L, E)``; weights ``(B, H, L, S)`` or ``None``.
         """
         self._check_inputs(query, key, value, mask)
+        k, v = self.project_key_value(key, value)  # (B, H, S, d_head) each
+        return self.attend(query, k, v, mask, need_weights)
+
+    def project_key_value(self, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys ``(B, S, kdim)`` and values ``(B, S, vdim)`` projected and split into heads, ``(B, H, S, d_head)``
+        each. An agent that attends over its past caches these, so that a step projects only its own."""
+        return self._split_heads(self.k_proj(key)), self._split_heads(self.v_proj(value))
+
+    def attend(self, query: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None,
+               need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
+        """Attend from ``query`` ``(B, L, E)`` over keys and values already projected by
+        :meth:`project_key_value` (``(B, H, S, d_head)``, e.g. from a cache); ``mask`` and the returns as in
+        :meth:`forward`."""
         q = self._split_heads(self.q_proj(query))  # (B, H, L, d_head)
-        k = self._split_heads(self.k_proj(key))  # (B, H, S, d_head)
-        v = self._split_heads(self.v_proj(value))  # (B, H, S, d_head)
         dropout_p = self.dropout if self.training else 0.0
         if need_weights:  # manual path: the weights are there to look at
             heads, weights = scaled_dot_product_attention(q, k, v, mask)  # (B, H, L, d_head), (B, H, L, S)
@@ -339,6 +352,81 @@ class AdditiveAttention(nn.Module):
                              f"{tuple(key.shape)} and {tuple(value.shape)}")
         weights = masked_softmax(self.scores(query, key), mask)  # (..., L, S)
         return weights @ value, weights
+
+
+# --------------------------------------------------------------------------------------------------
+# A transformer block, and attention over a sliding window of the past
+# --------------------------------------------------------------------------------------------------
+class TransformerBlock(nn.Module):
+    """A pre-norm transformer block: ``x + MHA(LN(x))``, then ``x + MLP(LN(x))`` (the GPT-2 arrangement;
+    pre-norm keeps the residual path an identity, which makes deep stacks train without warm-up).
+
+    :meth:`forward` reads a whole sequence at once (training); :meth:`step` computes one new position
+    from cached keys and values of the earlier ones (acting), and equals the matching row of
+    :meth:`forward` under the same mask. SA-DQN (chapter 7) and the attention actor-critic (chapter 3)
+    are built from it.
+    """
+
+    def __init__(self, d_model: int, num_heads: int, mlp_ratio: int = 4, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(d_model)
+        self.attention = MultiHeadAttention(d_model, num_heads, dropout=dropout)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.mlp = nn.Sequential(nn.Linear(d_model, mlp_ratio * d_model), nn.GELU(),
+                                 nn.Linear(mlp_ratio * d_model, d_model), nn.Dropout(dropout))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None,
+                need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
+        """``x`` ``(B, T, E)`` -> ``(B, T, E)``, and the weights ``(B, H, T, T)`` if asked for."""
+        h = self.norm1(x)
+        attended, weights = self.attention(h, h, h, mask=mask, need_weights=need_weights)
+        x = x + self.dropout(attended)
+        return x + self.mlp(self.norm2(x)), weights
+
+    def step(self, x: Tensor, past_k: Tensor, past_v: Tensor, mask: Tensor | None = None,
+             need_weights: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """One new position ``x`` ``(B, E)`` attending over cached ``past_k``/``past_v`` ``(B, H, S, d_head)``
+        and itself (the last of ``S + 1`` keys).
+
+        Args:
+            mask: boolean or additive float, broadcastable to ``(B, H, 1, S + 1)``.
+
+        Returns:
+            ``(out (B, E), k (B, H, 1, d_head), v (B, H, 1, d_head), weights (B, H, 1, S + 1) or None)``:
+            the new position's output, and its key and value for the cache.
+        """
+        h = self.norm1(x)[:, None]  # (B, 1, E)
+        k, v = self.attention.project_key_value(h, h)  # (B, H, 1, d_head)
+        keys, values = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)  # (B, H, S+1, d_head)
+        attended, weights = self.attention.attend(h, keys, values, mask, need_weights)  # (B, 1, E)
+        x = x + self.dropout(attended[:, 0])
+        return x + self.mlp(self.norm2(x)), k, v, weights
+
+
+def window_mask(episode_starts: Tensor, window: int, lag_bias: Tensor | None = None) -> Tensor:
+    """The mask of causal attention over a sliding window that never crosses an episode start.
+
+    Position ``i`` may attend to ``j`` when ``0 <= i - j < window`` and no episode starts in ``(j, i]``.
+    With ``lag_bias`` ``(H, window)``, the allowed entries carry ``lag_bias[h, i - j]`` (a learned bias per
+    head and lag, which leaves keys independent of where they sit, so they can be cached) and the others
+    ``-inf``; without, the mask is boolean.
+
+    Args:
+        episode_starts: ``(B, S)`` bool, True where a position is the first of its episode.
+
+    Returns:
+        ``(B, 1, S, S)`` bool, or ``(B, H, S, S)`` float with ``lag_bias``.
+    """
+    length = episode_starts.shape[-1]
+    positions = torch.arange(length, device=episode_starts.device)
+    lag = positions[:, None] - positions[None, :]  # (S, S): i - j
+    episode = episode_starts.long().cumsum(-1)  # (B, S): an episode's positions share a number
+    allowed = (lag >= 0) & (lag < window) & (episode[:, :, None] == episode[:, None, :])  # (B, S, S)
+    if lag_bias is None:
+        return allowed[:, None]
+    bias = lag_bias[:, lag.clamp(0, window - 1)]  # (H, S, S)
+    return bias[None].masked_fill(~allowed[:, None], float("-inf"))  # (B, H, S, S)
 
 
 # --------------------------------------------------------------------------------------------------

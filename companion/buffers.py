@@ -1,4 +1,4 @@
-"""Experience replay (book chapter 2): uniform transitions, and sequences for recurrent agents.
+"""Experience replay (book chapter 2), and the rollouts of on-policy learning (book chapter 3).
 
 Both buffers are numpy ring buffers over one storage that keeps each observation **once**: the next
 observation of transition ``i`` is the observation of transition ``i + 1``, except where an episode
@@ -13,17 +13,21 @@ so Atari and MinAtar frames stay uint8 (1 byte per pixel; agents turn them into 
 
 ``terminated`` (the MDP ended: no bootstrap) and ``truncated`` (a time limit cut it: bootstrap) are
 stored apart, since both end the episode but only the first zeroes the target.
+
+On-policy agents learn from the data of the current policy only: :class:`Rollout` holds ``n_steps``
+steps of ``N`` parallel envs, and :func:`gae` turns its rewards and values into advantages.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["ReplayBuffer", "SequenceBatch", "SequenceReplayBuffer", "TransitionBatch"]
+__all__ = ["ReplayBuffer", "Rollout", "SequenceBatch", "SequenceReplayBuffer", "TransitionBatch", "gae"]
 
 
 @dataclass
@@ -167,3 +171,89 @@ class SequenceReplayBuffer(ReplayBuffer):
         mask = np.cumsum(ended, axis=1) - ended == 0
         return SequenceBatch(self.obs[idx], self.actions[idx], self.rewards[idx], self._next_obs(idx),
                              self.terminated[idx], mask)
+
+
+# --------------------------------------------------------------------------------------------------
+# On-policy rollouts (chapter 3)
+# --------------------------------------------------------------------------------------------------
+def gae(rewards: torch.Tensor, values: torch.Tensor, dones: torch.Tensor, next_value: torch.Tensor, gamma: float,
+        lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalized advantage estimation (Schulman et al. 2016), time first.
+
+    With ``delta_t = r_t + gamma * (1 - done_t) * V(s_{t+1}) - V(s_t)``::
+
+        A_t = delta_t + gamma * lam * (1 - done_t) * A_{t+1},     R_t = A_t + V(s_t)
+
+    ``lam = 1`` gives the Monte Carlo return minus ``V`` (bootstrapped at the rollout's end); ``lam = 0`` the
+    one-step TD error. ``done_t`` means step ``t`` ended its episode, so neither the next value nor the next
+    advantage (which belong to the next episode) flows back over it. A time limit (truncation) also ends
+    the episode here: its bootstrap ``gamma * V(s_final)`` is added to ``r_t`` by the loop beforehand.
+
+    Args:
+        rewards, values, dones: ``(T, N)``.
+        next_value: ``(N,)``, the value of the observation after the last step.
+
+    Returns:
+        ``(advantages, returns)``, each ``(T, N)``.
+    """
+    steps = rewards.shape[0]
+    advantages = torch.zeros_like(rewards)
+    last = torch.zeros_like(next_value)
+    not_done = 1.0 - dones.float()
+    for t in reversed(range(steps)):
+        following = next_value if t == steps - 1 else values[t + 1]
+        delta = rewards[t] + gamma * not_done[t] * following - values[t]
+        last = delta + gamma * lam * not_done[t] * last
+        advantages[t] = last
+    return advantages, advantages + values
+
+
+@dataclass
+class Rollout:
+    """``T = n_steps`` steps of ``N`` envs, time first, collected by the current policy.
+
+    ``episode_starts[t, n]`` is True when ``obs[t, n]`` is the first observation of its episode: a
+    recurrent agent resets its state *before* reading it (the reset belongs to ``done[t - 1]``, not to
+    ``done[t]``, a classic off-by-one). ``initial_state`` is the agent's state before ``obs[0]``, so that a
+    recurrent agent re-reads the rollout from where it really was; ``prefix_obs`` and ``prefix_starts``
+    ``(P, N, ...)`` are the ``P`` steps before ``obs[0]``, for an agent that attends over a window of past steps.
+    """
+
+    obs: torch.Tensor  # (T, N, *obs_shape)
+    actions: torch.Tensor  # (T, N) int64
+    log_probs: torch.Tensor  # (T, N): log pi_old(a_t | history)
+    values: torch.Tensor  # (T, N): V_old(history_t)
+    rewards: torch.Tensor  # (T, N): with gamma * V(final obs) added where a time limit cut the episode
+    dones: torch.Tensor  # (T, N) bool: step t ended its episode
+    episode_starts: torch.Tensor  # (T, N) bool
+    initial_state: Any = None
+    prefix_obs: torch.Tensor | None = None  # (P, N, *obs_shape)
+    prefix_starts: torch.Tensor | None = None  # (P, N) bool
+    next_value: torch.Tensor | None = None  # (N,)
+    advantages: torch.Tensor = field(default=None)  # type: ignore[assignment]  # (T, N), from gae
+    returns: torch.Tensor = field(default=None)  # type: ignore[assignment]  # (T, N)
+
+    @classmethod
+    def empty(cls, n_steps: int, n_envs: int, obs_shape: tuple[int, ...], obs_dtype: torch.dtype,
+              device: torch.device) -> Rollout:
+        def zeros(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+            return torch.zeros(shape, dtype=dtype, device=device)
+
+        return cls(obs=zeros(n_steps, n_envs, *obs_shape, dtype=obs_dtype), actions=zeros(n_steps, n_envs,
+                   dtype=torch.int64), log_probs=zeros(n_steps, n_envs), values=zeros(n_steps, n_envs),
+                   rewards=zeros(n_steps, n_envs), dones=zeros(n_steps, n_envs, dtype=torch.bool),
+                   episode_starts=zeros(n_steps, n_envs, dtype=torch.bool))
+
+    @property
+    def n_steps(self) -> int:
+        return self.obs.shape[0]
+
+    @property
+    def n_envs(self) -> int:
+        return self.obs.shape[1]
+
+    def compute_advantages(self, gamma: float, lam: float) -> None:
+        """Fill ``advantages`` and ``returns`` by :func:`gae` (needs ``next_value``)."""
+        if self.next_value is None:
+            raise ValueError("Rollout.next_value is not set: the value after the last step is needed to bootstrap")
+        self.advantages, self.returns = gae(self.rewards, self.values, self.dones, self.next_value, gamma, lam)

@@ -18,7 +18,11 @@ does all three once, and :func:`make_env` calls it, so a reader never meets
 - Anything else (classic control): as registered.
 
 Then, optionally, the partial-observability wrappers (:class:`MaskObservation`,
-:class:`FlickerObservation`), then frame stacking, which for images stacks along channels.
+:class:`FlickerObservation`), the previous action and reward as inputs (:class:`PreviousActionReward`),
+then frame stacking, which for images stacks along channels.
+
+:class:`EpisodeReplay` lets a vector env's sub-env be put back mid-episode (its episode's seed, then its
+actions so far): the on-policy loop of chapter 3 resumes from a checkpoint that way.
 """
 
 from __future__ import annotations
@@ -43,9 +47,11 @@ from gymnasium.wrappers import (
 
 __all__ = [
     "EnvMismatchError",
+    "EpisodeReplay",
     "FlickerObservation",
     "MaskObservation",
     "MinAtarObservation",
+    "PreviousActionReward",
     "check_discrete_actions",
     "env_family",
     "make_env",
@@ -174,6 +180,72 @@ class FlickerObservation(gym.ObservationWrapper):
         return np.zeros_like(observation) if self._rng.random() < self.p else observation
 
 
+class PreviousActionReward(gym.Wrapper, gym.utils.RecordConstructorArgs):
+    """Append the previous action (one-hot) and, optionally, the previous reward to a vector observation.
+
+    ``o_t`` becomes ``[o_t, onehot(a_{t-1}), r_{t-1}]``, with zeros at the first step of an episode. A
+    memory agent then sees what it did, not only what it saw: in CartPole the cart's velocity changes by
+    the last push, so the previous action carries information that the positions alone do not. (POPGym's
+    baselines feed the previous action too; Morad et al. 2023.)
+    """
+
+    def __init__(self, env: gym.Env, reward: bool = True) -> None:
+        gym.utils.RecordConstructorArgs.__init__(self, reward=reward)
+        gym.Wrapper.__init__(self, env)
+        space, actions = env.observation_space, env.action_space
+        if not isinstance(space, spaces.Box) or len(space.shape) != 1:
+            raise EnvMismatchError(f"PreviousActionReward needs a 1-D Box observation; got {space}")
+        if not isinstance(actions, spaces.Discrete):
+            raise EnvMismatchError(f"PreviousActionReward needs discrete actions; got {actions}")
+        self.n_actions, self.with_reward = int(actions.n), reward
+        extra = self.n_actions + int(reward)
+        low = np.concatenate([np.asarray(space.low, np.float32), np.zeros(self.n_actions, np.float32),
+                              np.full(int(reward), -np.inf, np.float32)])
+        high = np.concatenate([np.asarray(space.high, np.float32), np.ones(self.n_actions, np.float32),
+                               np.full(int(reward), np.inf, np.float32)])
+        self.observation_space = spaces.Box(low, high, (space.shape[0] + extra,), np.float32)
+
+    def _with(self, obs: np.ndarray, action: int | None, reward: float) -> np.ndarray:
+        extra = np.zeros(self.n_actions + int(self.with_reward), np.float32)
+        if action is not None:
+            extra[int(action)] = 1.0
+            if self.with_reward:
+                extra[-1] = reward
+        return np.concatenate([np.asarray(obs, np.float32), extra])
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        obs, info = self.env.reset(seed=seed, options=options)
+        return self._with(obs, None, 0.0), info
+
+    def step(self, action: int):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        return self._with(obs, action, float(reward)), reward, terminated, truncated, info
+
+
+class EpisodeReplay(gym.Wrapper):
+    """A sub-env of a vector env that can be put back mid-episode: ``reset(seed=s, options={"replay": {i:
+    actions}})`` resets with ``s`` and then takes ``actions``, returning the observation after the last.
+
+    The options of a vector env's ``reset`` go to every sub-env, so each one knows its ``index`` and takes
+    its own list. Envs are deterministic given the reset seed and the actions, so this restores the exact
+    state of an episode that a checkpoint interrupted, for any env, without pickling it.
+    """
+
+    def __init__(self, env: gym.Env, index: int) -> None:
+        super().__init__(env)
+        self.index = index
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        replay = (options or {}).get("replay", {}).get(self.index, [])
+        obs, info = self.env.reset(seed=seed)
+        for t, action in enumerate(replay):
+            obs, _, terminated, truncated, info = self.env.step(action)
+            if (terminated or truncated) and t < len(replay) - 1:
+                raise RuntimeError(f"sub-env {self.index}: the replayed episode ended after {t + 1} of "
+                                   f"{len(replay)} actions; the env is not deterministic given its seed")
+        return obs, info
+
+
 def _stack(env: gym.Env, k: int) -> gym.Env:
     """Stack the last ``k`` observations: along channels for images, end to end for vectors."""
     shape = env.observation_space.shape
@@ -189,8 +261,9 @@ def _stack(env: gym.Env, k: int) -> gym.Env:
 # Construction
 # --------------------------------------------------------------------------------------------------
 def make_env(env_id: str, *, seed: int | None = None, frame_stack: int | None = None,
-             hide: Sequence[int] | None = None, flicker: float = 0.0, max_episode_steps: int | None = None,
-             preprocess: bool = True, **kwargs: Any) -> gym.Env:
+             hide: Sequence[int] | None = None, flicker: float = 0.0, prev_action: bool = False,
+             prev_reward: bool = False, max_episode_steps: int | None = None, preprocess: bool = True,
+             **kwargs: Any) -> gym.Env:
     """Create an environment with the course's preprocessing.
 
     Args:
@@ -200,6 +273,8 @@ def make_env(env_id: str, *, seed: int | None = None, frame_stack: int | None = 
         frame_stack: stack the last ``k`` observations (along channels for images).
         hide: indices of vector-observation dimensions to hide (:class:`MaskObservation`).
         flicker: probability of blanking each observation (:class:`FlickerObservation`).
+        prev_action, prev_reward: append the previous action (one-hot), and the previous reward, to a
+            vector observation (:class:`PreviousActionReward`); ``prev_reward`` implies ``prev_action``.
         max_episode_steps: a time limit (MinAtar defaults to 10,000).
         preprocess: ``False`` skips the family's preprocessing: the env as registered (raw 210x160
             RGB Atari frames, MinAtar's channels-last booleans); the options above still apply.
@@ -238,6 +313,8 @@ def make_env(env_id: str, *, seed: int | None = None, frame_stack: int | None = 
         env = MaskObservation(env, hide)
     if flicker:
         env = FlickerObservation(env, flicker)
+    if prev_action or prev_reward:
+        env = PreviousActionReward(env, reward=prev_reward)
     if frame_stack and frame_stack > 1:
         env = _stack(env, frame_stack)
     if seed is not None:

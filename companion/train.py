@@ -57,6 +57,8 @@ class RunConfig:
     eval_steps: int = 0  # > 0: evaluate for this many env steps instead (Atari papers: 25k on ALE, full budget)
     hide: tuple[int, ...] = ()  # observation dimensions to hide (POMDP)
     flicker: float = 0.0  # probability of blanking an observation (POMDP)
+    prev_action: bool = False  # append the previous action (one-hot) to vector observations
+    prev_reward: bool = False  # ... and the previous reward
     checkpoint_every: int = 0  # env steps between checkpoints (at the next episode end); 0: by budget
     device: str = ""  # "" = automatic
     threads: int = 1  # torch CPU threads; 0 = torch's default. Small networks train fastest on one
@@ -104,9 +106,7 @@ def build_config(algo: str, env_id: str, *, seed: int = 0, budget: str | None = 
         run.eval_steps = _EVAL_STEPS_FULL.get(family, 0)
     run.checkpoint_every = run.checkpoint_every or max(run.total_steps // 10, 1)
     if budget == "quick":  # sizes shrink with the steps so that a quick run still learns a little
-        agent.learning_starts = min(agent.learning_starts, run.total_steps // 4)
-        agent.buffer_size = min(agent.buffer_size, max(run.total_steps, 1_000))
-        agent.target_update = min(agent.target_update, max(run.total_steps // 10, 1))
+        AGENTS[algo].fit_to_steps(agent, run.total_steps)
     return run, agent
 
 
@@ -132,7 +132,8 @@ def _coerce(value: Any, current: Any, key: str) -> Any:
 
 def make_run_env(run: RunConfig, agent_config: Any) -> Any:
     """The env a run trains and evaluates on."""
-    return make_env(run.env_id, frame_stack=agent_config.frame_stack, hide=run.hide, flicker=run.flicker)
+    return make_env(run.env_id, frame_stack=agent_config.frame_stack, hide=run.hide, flicker=run.flicker,
+                    prev_action=run.prev_action, prev_reward=run.prev_reward)
 
 
 def saved_config(run_dir: str | Path | RunDir) -> tuple[RunConfig, Any]:

@@ -17,6 +17,7 @@ from companion.attention import (
     padding_mask,
     scaled_dot_product_attention,
     sinusoidal_positional_encoding,
+    window_mask,
 )
 
 TOL = {torch.float32: dict(atol=1e-6, rtol=1e-5), torch.float64: dict(atol=1e-12, rtol=1e-10)}
@@ -309,3 +310,38 @@ def test_positional_modules_add_positions_and_check_length():
     assert sum(p.numel() for p in learned.parameters()) == 80
     with pytest.raises(ValueError, match=r"expected \(\.\.\., L <= 4, 8\); got \(2, 5, 8\)"):
         LearnedPositionalEmbedding(4, 8)(x)
+
+
+# -- the transformer block's cached step, and the sliding window (chapters 3 and 7) -------------------
+def test_block_step_with_cached_keys_equals_the_row_of_the_whole_sequence():
+    from companion.attention import TransformerBlock
+
+    torch.manual_seed(0)
+    block = TransformerBlock(16, 4, mlp_ratio=2)
+    x = torch.randn(2, 7, 16)
+    bias = torch.randn(4, 3)
+    starts = torch.zeros(2, 7, dtype=torch.bool)
+    starts[:, 0] = True
+    starts[1, 4] = True
+    with torch.no_grad():
+        whole, _ = block(x, window_mask(starts, 3, bias))
+        h = block.norm1(x)
+        k, v = block.attention.project_key_value(h, h)  # (B, H, T, d_head): what a cache would hold
+        t = 5  # keys t-2, t-1 from the cache, t itself new; env 1 started an episode at 4
+        lags = torch.tensor([2, 1, 0])
+        allowed = torch.tensor([[True, True, True], [False, True, True]])
+        mask = bias[:, lags][None, :, None].masked_fill(~allowed[:, None, None], float("-inf"))
+        out, k_t, v_t, weights = block.step(x[:, t], k[:, :, t - 2:t], v[:, :, t - 2:t], mask, need_weights=True)
+    torch.testing.assert_close(out, whole[:, t])
+    torch.testing.assert_close(k_t, k[:, :, t:t + 1])
+    assert weights[1, :, 0, 0].eq(0).all() and torch.allclose(weights.sum(-1), torch.ones(2, 4, 1))
+
+
+def test_window_mask_is_causal_windowed_and_stops_at_episode_starts():
+    starts = torch.tensor([[True, False, False, True, False]])
+    allowed = window_mask(starts, 2)[0, 0]
+    expected = torch.tensor([[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [0, 1, 1, 0, 0], [0, 0, 0, 1, 0], [0, 0, 0, 1, 1]])
+    assert torch.equal(allowed.int(), expected)
+    bias = torch.tensor([[0.5, -1.0]])  # one head: lag 0, lag 1
+    with_bias = window_mask(starts, 2, bias)[0, 0]
+    assert with_bias[4, 3] == -1.0 and with_bias[4, 4] == 0.5 and torch.isneginf(with_bias[3, 2])

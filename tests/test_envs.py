@@ -120,3 +120,37 @@ def test_vector_env_reports_final_observations():
             break
     else:
         pytest.fail("no episode ended in 200 steps of always pushing left")
+
+
+def test_previous_action_and_reward_are_appended():
+    env = make_env("CartPole-v1", hide=[1, 3], prev_action=True, prev_reward=True)
+    assert env.observation_space.shape == (2 + 2 + 1,)
+    obs, _ = env.reset(seed=0)
+    assert obs.dtype == np.float32 and (obs[2:] == 0).all()  # nothing before the first step
+    obs, reward, *_ = env.step(1)
+    assert list(obs[2:]) == [0.0, 1.0, reward]
+    obs, _ = env.reset(seed=1)
+    assert (obs[2:] == 0).all()  # a new episode forgets
+    assert make_env("CartPole-v1", prev_action=True).observation_space.shape == (6,)
+    with pytest.raises(EnvMismatchError, match="1-D Box"):
+        make_env("MinAtar/Breakout-v1", prev_action=True)
+    from gymnasium.utils.env_checker import check_env
+
+    check_env(make_env("CartPole-v1", prev_action=True, prev_reward=True), skip_render_check=True)
+
+
+def test_episode_replay_puts_a_sub_env_back_mid_episode():
+    from companion.envs import EpisodeReplay
+
+    actions = [0, 1, 1, 0, 1]
+    plain = make_env("popgym-PositionOnlyCartPoleEasy-v0")
+    obs, _ = plain.reset(seed=7)
+    for a in actions:
+        obs, *_ = plain.step(a)
+    replayed = EpisodeReplay(make_env("popgym-PositionOnlyCartPoleEasy-v0"), index=2)
+    again, _ = replayed.reset(seed=7, options={"replay": {2: actions, 0: [1]}})
+    np.testing.assert_array_equal(again, obs)
+    fresh, _ = replayed.reset(seed=7, options={"replay": {0: actions}})  # another env's list: a plain reset
+    np.testing.assert_array_equal(fresh, plain.reset(seed=7)[0])
+    with pytest.raises(RuntimeError, match="not deterministic"):
+        EpisodeReplay(make_env("CartPole-v1"), 0).reset(seed=0, options={"replay": {0: [0] * 600}})

@@ -6,15 +6,19 @@ subclass, then add a line to :data:`AGENTS`.
 
 from __future__ import annotations
 
+from companion.agents.actor_critic import ActorCriticAgent, ActorCriticConfig
 from companion.agents.base import Agent, QAgent, QLearningConfig
 from companion.agents.darqn import DARQN, DARQNConfig
 from companion.agents.dqn import DQN, DQNConfig
 from companion.agents.drqn import DRQN, DRQNConfig
+from companion.agents.ppo import A2C, PPO, PPOLSTM, PPOAttention, PPOAttentionConfig, PPOConfig, PPOLSTMConfig
 from companion.agents.sadqn import SADQN, EntitySADQN, SADQNConfig
 
 #: name used on the command line -> agent class
 AGENTS: dict[str, type[Agent]] = {"dqn": DQN, "drqn": DRQN, "darqn": DARQN, "sadqn": SADQN,
-                                  "sadqn-entity": EntitySADQN}
+                                  "sadqn-entity": EntitySADQN, "ppo": PPO, "a2c": A2C, "ppo-lstm": PPOLSTM,
+                                  "ppo-attn": PPOAttention}
 
-__all__ = ["AGENTS", "DARQN", "DQN", "DRQN", "SADQN", "Agent", "DARQNConfig", "DQNConfig", "DRQNConfig",
-           "EntitySADQN", "QAgent", "QLearningConfig", "SADQNConfig"]
+__all__ = ["A2C", "AGENTS", "DARQN", "DQN", "DRQN", "PPO", "PPOLSTM", "SADQN", "ActorCriticAgent",
+           "ActorCriticConfig", "Agent", "DARQNConfig", "DQNConfig", "DRQNConfig", "EntitySADQN", "PPOAttention",
+           "PPOAttentionConfig", "PPOConfig", "PPOLSTMConfig", "QAgent", "QLearningConfig", "SADQNConfig"]

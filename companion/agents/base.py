@@ -102,6 +102,10 @@ class Agent(ABC):
     def preset(cls, family: str) -> Any:
         """The config for an env family: ``"gym"`` (classic control), ``"popgym"``, ``"MinAtar"``, ``"ALE"``."""
 
+    @classmethod  # noqa: B027 (an optional hook: most agents need nothing)
+    def fit_to_steps(cls, config: Any, total_steps: int) -> None:
+        """Shrink sizes that only make sense for long runs (the quick budget calls this); never the algorithm."""
+
     def initial_state(self) -> Any:
         """The state :meth:`act` starts an episode from (``None`` for feed-forward agents)."""
         return None
@@ -192,6 +196,13 @@ class QAgent(Agent):
         self.q = network.to(device)
         self.target = copy.deepcopy(self.q).requires_grad_(False)
         self.optimizer = make_optimizer(self.q.parameters(), config)
+
+    @classmethod
+    def fit_to_steps(cls, config: QLearningConfig, total_steps: int) -> None:
+        """Learning starts, replay and target copies scaled down to a short run, so that it learns a little."""
+        config.learning_starts = min(config.learning_starts, total_steps // 4)
+        config.buffer_size = min(config.buffer_size, max(total_steps, 1_000))
+        config.target_update = min(config.target_update, max(total_steps // 10, 1))
 
     @abstractmethod
     def make_buffer(self, obs_dtype: np.dtype, seed: int) -> ReplayBuffer:

@@ -35,8 +35,8 @@ from companion.agents.base import QAgent, QLearningConfig, sequence_td, sequence
 from companion.agents.dqn import DQN
 from companion.attention import (
     LearnedPositionalEmbedding,
-    MultiHeadAttention,
     SinusoidalPositionalEncoding,
+    TransformerBlock,
     causal_mask,
 )
 from companion.buffers import SequenceBatch, SequenceReplayBuffer
@@ -69,28 +69,6 @@ class SADQNConfig(QLearningConfig):
         if self.seq_len < 1 or self.burn_in < 0 or self.num_layers < 1:
             raise ValueError(f"need seq_len >= 1, burn_in >= 0, num_layers >= 1; got {self.seq_len}, "
                              f"{self.burn_in}, {self.num_layers}")
-
-
-class TransformerBlock(nn.Module):
-    """A pre-norm transformer block: ``x + MHA(LN(x))``, then ``x + MLP(LN(x))`` (the GPT-2 arrangement;
-    pre-norm keeps the residual path an identity, which makes deep stacks train without warm-up)."""
-
-    def __init__(self, d_model: int, num_heads: int, mlp_ratio: int = 4, dropout: float = 0.0) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(d_model)
-        self.attention = MultiHeadAttention(d_model, num_heads, dropout=dropout)
-        self.norm2 = nn.LayerNorm(d_model)
-        self.mlp = nn.Sequential(nn.Linear(d_model, mlp_ratio * d_model), nn.GELU(),
-                                 nn.Linear(mlp_ratio * d_model, d_model), nn.Dropout(dropout))
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, x: Tensor, mask: Tensor | None = None,
-                need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
-        """``x`` ``(B, T, E)`` -> ``(B, T, E)``, and the weights ``(B, H, T, T)`` if asked for."""
-        h = self.norm1(x)
-        attended, weights = self.attention(h, h, h, mask=mask, need_weights=need_weights)
-        x = x + self.dropout(attended)
-        return x + self.mlp(self.norm2(x)), weights
 
 
 def _blocks(c: SADQNConfig) -> nn.ModuleList:

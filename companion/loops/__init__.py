@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from companion.loops import off_policy
+from companion.loops import off_policy, on_policy
 from companion.loops.base import LoopContext, LoopResult, UpdateLog
 
 #: ``agent.loop`` -> the function that trains it
-LOOPS: dict[str, Callable[[LoopContext], LoopResult]] = {"off_policy": off_policy.run}
+LOOPS: dict[str, Callable[[LoopContext], LoopResult]] = {"off_policy": off_policy.run, "on_policy": on_policy.run}
 
 __all__ = ["LOOPS", "LoopContext", "LoopResult", "UpdateLog"]

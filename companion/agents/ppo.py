@@ -1,0 +1,218 @@
+"""PPO and A2C, with a feed-forward, a recurrent or an attention torso (book chapter 3).
+
+Proximal policy optimisation (Schulman et al. 2017) takes ``n_epochs`` passes of minibatch gradient
+steps over each rollout on
+
+    L(theta) = - E[min(rho_t A_t, clip(rho_t, 1 - eps, 1 + eps) A_t)]      rho_t = pi(a_t|h_t) / pi_old(a_t|h_t)
+               + c_v E[(V(h_t) - R_t)^2] - c_e E[H(pi(.|h_t))]
+
+with GAE advantages ``A_t`` (Schulman et al. 2016) and returns ``R_t = A_t + V_old(h_t)``.
+
+Implementation details, as in Stable-Baselines3 (whose RL-Zoo settings the presets take) and CleanRL:
+
+1. Vector envs (gymnasium's ``SyncVectorEnv``; ``vector="async"`` for ``AsyncVectorEnv``), ``n_envs`` of
+   them, each reset with its own episode seeds.
+2. A time limit is not a terminal state: where an episode is truncated, ``gamma * V(final obs)`` is added
+   to the last reward, so the advantage bootstraps through it.
+3. Advantages are normalised per minibatch (``normalize_advantage``).
+4. The value loss is the squared error (no 1/2: ``vf_coef`` = 0.5 plays that part), optionally clipped
+   around the old value (``clip_range_vf``, taking the larger of the two losses).
+5. Gradients are clipped to a global norm of ``max_grad_norm``; Adam with ``eps=1e-5``.
+6. The learning rate and the clip range anneal linearly to 0 over the run (``lin_`` in RL-Zoo).
+7. Orthogonal initialisation, gain 0.01 for the policy head and 1 for the value head.
+8. Memory torsos re-read each env's whole rollout from the state it started from; minibatches are sets
+   of envs (CleanRL's ``ppo_atari_lstm``).
+
+A2C (Mnih et al. 2016) is the same update with one epoch and one minibatch (the whole rollout): the
+ratio is then exactly 1 at the gradient step, the clip never binds, and the gradient is A2C's
+``-A_t grad log pi(a_t|h_t)``. Its preset is RL-Zoo's (5 steps, RMSprop, lambda = 1, no normalisation).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.distributions import Categorical
+
+from companion.agents.actor_critic import (
+    ActorCriticAgent,
+    ActorCriticConfig,
+    AttentionActorCritic,
+    FeedForwardActorCritic,
+    RecurrentActorCritic,
+)
+
+__all__ = ["A2C", "PPO", "PPOAttention", "PPOAttentionConfig", "PPOConfig", "PPOLSTM", "PPOLSTMConfig", "ppo_loss"]
+
+
+@dataclasses.dataclass
+class PPOConfig(ActorCriticConfig):
+    """PPO (and A2C) settings. :meth:`PPO.preset` gives tuned values per env family."""
+
+
+@dataclasses.dataclass
+class PPOLSTMConfig(PPOConfig):
+    """Recurrent PPO: an LSTM cell of ``lstm_size`` between the encoder and the heads."""
+
+    hidden: tuple[int, ...] = (64,)
+    lstm_size: int = 128
+
+
+@dataclasses.dataclass
+class PPOAttentionConfig(PPOConfig):
+    """PPO whose torso attends over the last ``context`` steps (both heads, or the critic only)."""
+
+    hidden: tuple[int, ...] = (64,)
+    context: int = 16  # K: the window, the current step included
+    d_model: int = 64
+    num_heads: int = 4
+    num_layers: int = 1
+    mlp_ratio: int = 2
+    attend: str = "both"  # "both": actor and critic read the attention; "critic": the actor sees o_t only
+
+    def validate(self) -> None:
+        super().validate()
+        if self.context < 1 or self.num_layers < 1 or self.d_model % self.num_heads:
+            raise ValueError(f"need context >= 1, num_layers >= 1 and d_model a multiple of num_heads; got "
+                             f"{self.context}, {self.num_layers}, {self.d_model}, {self.num_heads}")
+        if self.attend not in ("both", "critic"):
+            raise ValueError(f"attend must be 'both' or 'critic', got {self.attend!r}")
+
+
+def ppo_loss(logits: Tensor, values: Tensor, actions: Tensor, old_log_probs: Tensor, old_values: Tensor,
+             advantages: Tensor, returns: Tensor, *, clip_range: float, clip_range_vf: float, normalize: bool,
+             vf_coef: float, ent_coef: float) -> tuple[Tensor, dict[str, float]]:
+    """PPO's clipped objective on a flat minibatch of ``M`` samples.
+
+    Args:
+        logits: ``(M, A)`` and values ``(M,)`` under the current parameters.
+        actions, old_log_probs, old_values, advantages, returns: ``(M,)``, from the rollout.
+        clip_range: PPO's epsilon; 0 turns the clip off (the plain policy gradient of A2C).
+
+    Returns:
+        The loss to minimise and scalars to log: the three terms, the approximate KL divergence
+        ``E[(rho - 1) - log rho]`` (Schulman's low-variance estimator) and the fraction of clipped ratios.
+    """
+    dist = Categorical(logits=logits)
+    log_probs = dist.log_prob(actions)
+    entropy = dist.entropy().mean()
+    if normalize and advantages.numel() > 1:
+        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    log_ratio = log_probs - old_log_probs
+    ratio = log_ratio.exp()
+    if clip_range > 0:
+        clipped = ratio.clamp(1 - clip_range, 1 + clip_range)
+        policy_loss = -torch.min(advantages * ratio, advantages * clipped).mean()
+    else:
+        policy_loss = -(advantages * ratio).mean()
+    value_loss = (values - returns) ** 2
+    if clip_range_vf > 0:
+        clipped_values = old_values + (values - old_values).clamp(-clip_range_vf, clip_range_vf)
+        value_loss = torch.max(value_loss, (clipped_values - returns) ** 2)
+    value_loss = value_loss.mean()
+    loss = policy_loss + vf_coef * value_loss - ent_coef * entropy
+    with torch.no_grad():
+        info = {"policy_loss": policy_loss.item(), "value_loss": value_loss.item(), "entropy": entropy.item(),
+                "approx_kl": ((ratio - 1) - log_ratio).mean().item(),
+                "clip_fraction": ((ratio - 1).abs() > clip_range).float().mean().item() if clip_range > 0 else 0.0}
+    return loss, info
+
+
+class PPO(ActorCriticAgent):
+    """PPO with separate actor and critic MLPs on the current observation (or a frame stack)."""
+
+    Config = PPOConfig
+
+    @classmethod
+    def preset(cls, family: str) -> PPOConfig:
+        if family in ("gym", "popgym"):
+            # RL Baselines3 Zoo's tuned CartPole-v1 settings (hyperparams/ppo.yml; the same for CartPoleNoVel in
+            # ppo_lstm.yml): 8 envs x 32 steps, one minibatch of 256, 20 epochs, lr 1e-3 and clip 0.2 annealed
+            # linearly, gamma 0.98, lambda 0.8, no entropy bonus; SB3's defaults for the rest.
+            return cls.Config(n_envs=8, n_steps=32, batch_size=256, n_epochs=20, lr=1e-3, gamma=0.98,
+                              gae_lambda=0.8, clip_range=0.2, ent_coef=0.0)
+        if family in ("MinAtar", "ALE"):
+            # CleanRL's Atari PPO (Huang et al. 2022, "The 37 implementation details of PPO"): 8 envs x 128 steps,
+            # 4 minibatches, 4 epochs, lr 2.5e-4 and clip 0.1 annealed, gamma 0.99, lambda 0.95, entropy 0.01.
+            return cls.Config(frame_stack=4 if family == "ALE" else 1, n_envs=8, n_steps=128, batch_size=256,
+                              n_epochs=4, lr=2.5e-4, gamma=0.99, gae_lambda=0.95, clip_range=0.1, ent_coef=0.01,
+                              max_grad_norm=0.5)
+        raise ValueError(f"no {cls.__name__} preset for env family {family!r}")
+
+    def __init__(self, obs_shape: tuple[int, ...], n_actions: int, config: PPOConfig, device: torch.device) -> None:
+        super().__init__(obs_shape, n_actions, config, device, self.make_network(tuple(obs_shape), n_actions, config))
+
+    @staticmethod
+    def make_network(obs_shape: tuple[int, ...], n_actions: int, config: Any) -> Any:
+        return FeedForwardActorCritic(obs_shape, n_actions, config)
+
+    def loss(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, float]]:
+        """:func:`ppo_loss` on a minibatch from :meth:`~ActorCriticAgent.minibatches`."""
+        c = self.config
+        logits, values = self.evaluate_batch(batch)
+        flat = {k: batch[k].flatten() for k in ("actions", "log_probs", "values", "advantages", "returns")}
+        return ppo_loss(logits, values, flat["actions"], flat["log_probs"], flat["values"], flat["advantages"],
+                        flat["returns"], clip_range=self.clip_range, clip_range_vf=c.clip_range_vf,
+                        normalize=c.normalize_advantage, vf_coef=c.vf_coef, ent_coef=c.ent_coef)
+
+
+class A2C(PPO):
+    """Advantage actor-critic (Mnih et al. 2016): PPO's update with one epoch over one minibatch."""
+
+    @classmethod
+    def preset(cls, family: str) -> PPOConfig:
+        if family in ("gym", "popgym"):
+            # RL-Zoo's a2c.yml for CartPole-v1 (8 envs, no entropy bonus) on SB3's A2C defaults: 5 steps, lr 7e-4
+            # constant, RMSprop (alpha 0.99, eps 1e-5), gamma 0.99, lambda 1 (plain n-step returns), no
+            # advantage normalisation, gradient norm 0.5.
+            return PPOConfig(n_envs=8, n_steps=5, batch_size=40, n_epochs=1, lr=7e-4, lr_schedule="constant",
+                             optimizer="rmsprop", gamma=0.99, gae_lambda=1.0, clip_range=0.0,
+                             clip_schedule="constant", normalize_advantage=False, ent_coef=0.0)
+        if family in ("MinAtar", "ALE"):
+            return PPOConfig(frame_stack=4 if family == "ALE" else 1, n_envs=16, n_steps=5, batch_size=80,
+                             n_epochs=1, lr=7e-4, lr_schedule="constant", optimizer="rmsprop", gamma=0.99,
+                             gae_lambda=1.0, clip_range=0.0, clip_schedule="constant", normalize_advantage=False,
+                             ent_coef=0.01)
+        raise ValueError(f"no A2C preset for env family {family!r}")
+
+    def __init__(self, obs_shape: tuple[int, ...], n_actions: int, config: PPOConfig, device: torch.device) -> None:
+        if config.n_epochs != 1 or config.batch_size < config.n_envs * config.n_steps:
+            raise ValueError(f"A2C takes one gradient step per rollout: need n_epochs = 1 and batch_size >= "
+                             f"n_envs * n_steps = {config.n_envs * config.n_steps}; got {config.n_epochs} and "
+                             f"{config.batch_size} (for more, use --algo ppo)")
+        super().__init__(obs_shape, n_actions, config, device)
+
+
+class PPOLSTM(PPO):
+    """Recurrent PPO: an LSTM cell carries the history (RL-Zoo's ``ppo_lstm`` settings for CartPoleNoVel)."""
+
+    Config = PPOLSTMConfig
+    recurrent = True
+
+    @staticmethod
+    def make_network(obs_shape: tuple[int, ...], n_actions: int, config: Any) -> Any:
+        return RecurrentActorCritic(obs_shape, n_actions, config)
+
+
+class PPOAttention(PPO):
+    """PPO whose torso attends over the last ``context`` steps; ``attend="critic"`` for the critic only."""
+
+    Config = PPOAttentionConfig
+    recurrent = True
+
+    @staticmethod
+    def make_network(obs_shape: tuple[int, ...], n_actions: int, config: Any) -> Any:
+        return AttentionActorCritic(obs_shape, n_actions, config)
+
+    def act_with_attention(self, obs: np.ndarray, state: Any, epsilon: float,
+                           rng: np.random.Generator) -> tuple[int, Any, np.ndarray]:
+        """:meth:`act`, also returning where this step looked: each layer's weights by lag,
+        ``(num_layers, H, K)``; ``[..., k]`` is the weight on the observation ``k`` steps back."""
+        with self.inference():
+            logits, _, (state, weights) = self.net.step(self._obs(obs)[None], state, need_weights=True)
+        action = int(rng.integers(self.n_actions)) if rng.random() < epsilon else int(logits[0].argmax())
+        return action, state, weights[0].cpu().numpy()
