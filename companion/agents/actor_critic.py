@@ -283,13 +283,18 @@ class AttentionActorCritic(ActorCriticNet):
         self.embed = nn.Linear(width, config.d_model)
         self.blocks = nn.ModuleList(TransformerBlock(config.d_model, config.num_heads, config.mlp_ratio)
                                     for _ in range(config.num_layers))
-        self.lag_bias = nn.Parameter(torch.zeros(config.num_layers, config.num_heads, config.context))
+        # A recency prior to start from, as ALiBi's fixed biases (Press et al. 2022): head h starts at
+        # -2^-h * lag, one head sharply on the last steps, the others wider; then they are learned.
+        slopes = 2.0 ** -torch.arange(config.num_heads, dtype=torch.float32)  # (H,): 1, 1/2, 1/4, ...
+        recency = -slopes[:, None] * torch.arange(config.context, dtype=torch.float32)  # (H, K)
+        self.lag_bias = nn.Parameter(recency.repeat(config.num_layers, 1, 1))  # (layers, H, K)
         self.norm = nn.LayerNorm(config.d_model)
         self.value = _orthogonal(nn.Linear(config.d_model, 1), 1.0)
         if config.attend == "both":
             self.policy = _orthogonal(nn.Linear(config.d_model, n_actions), 0.01)
-        else:  # the actor sees the current observation only, as FeedForwardActorCritic's does
-            self.actor_encoder, actor_width = _encoder(obs_shape, config)
+        else:  # the actor sees the current observation only, through FeedForwardActorCritic's MLP
+            actor_config = dataclasses.replace(config, hidden=tuple(config.actor_hidden))
+            self.actor_encoder, actor_width = _encoder(obs_shape, actor_config)
             self.policy = nn.Sequential(self.actor_encoder, _orthogonal(nn.Linear(actor_width, n_actions), 0.01))
         self.history_prefix = config.num_layers * (config.context - 1)
 

@@ -73,6 +73,7 @@ class PPOAttentionConfig(PPOConfig):
     num_layers: int = 1
     mlp_ratio: int = 2
     attend: str = "both"  # "both": actor and critic read the attention; "critic": the actor sees o_t only
+    actor_hidden: tuple[int, ...] = (64, 64)  # attend="critic": the actor's MLP, as PPO's
 
     def validate(self) -> None:
         super().validate()
