@@ -13,8 +13,8 @@ import numpy as np
 
 from companion.records import RunDir
 
-__all__ = ["Curve", "aggregate", "finished_runs", "group_runs", "load_curve", "plot_curves", "summarize",
-           "summary_table", "t_interval"]
+__all__ = ["Curve", "aggregate", "compare_tasks", "finished_runs", "group_runs", "load_curve", "plot_curves",
+           "summarize", "summary_table", "t_interval", "update_summary"]
 
 # t(0.975, df) for df = 1..30; beyond, the normal 1.96 is within 2%.
 _T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
@@ -161,3 +161,39 @@ def summary_table(groups: dict[str, Sequence[str | Path]], digits: int = 2) -> s
         lines.append(f"{row['label']:{width}s} {row['n']}  {cell(row['final'])}  {cell(row['mean'])}  "
                      f"{row['best']:7.{digits}f}")
     return "\n".join(lines)
+
+
+def compare_tasks(tasks: dict[str, dict[str, Sequence[str | Path]]], *, kind: str = "eval", ylim: tuple | None = None,
+                  width: float = 6.0, height: float = 3.8):
+    """One panel per task, each agent's mean curve with its 95% interval (:func:`plot_curves`); agents without
+    runs are left out. ``tasks``: ``{title: {agent label: run directories}}``. Returns the figure, or ``None``
+    when no task has a run (no stored results, e.g. on Colab)."""
+    import matplotlib.pyplot as plt
+
+    present = {title: {k: v for k, v in groups.items() if v} for title, groups in tasks.items()}
+    present = {title: groups for title, groups in present.items() if groups}
+    if not present:
+        return None
+    fig, axes = plt.subplots(1, len(present), figsize=(width * len(present), height), squeeze=False)
+    for ax, (title, groups) in zip(axes[0], present.items(), strict=True):
+        plot_curves(groups, ax=ax, kind=kind, title=title)
+        if ylim:
+            ax.set_ylim(*ylim)
+    fig.tight_layout()
+    return fig
+
+
+def update_summary(groups: dict[str, Sequence[str | Path]], key: str, last: int = 10) -> dict[str, tuple]:
+    """For each group, a training scalar of ``updates.csv`` (e.g. ``explained_variance``) averaged over each
+    run's ``last`` rows (rows without a value, ``nan``, are skipped), then over seeds: ``(mean, low, high, n)``
+    with a 95% t-interval. Groups with no run, or runs that never logged ``key``, are left out."""
+    summary = {}
+    for label, dirs in groups.items():
+        values = []
+        for d in dirs:
+            column = RunDir(d).updates().get(key)
+            if column is not None and np.isfinite(column[-last:]).any():
+                values.append(float(np.nanmean(column[-last:])))
+        if values:
+            summary[label] = (*t_interval(np.array(values)), len(values))
+    return summary

@@ -40,7 +40,7 @@ from companion.records import RunDir, now, provenance
 from companion.utils import episode_seed, get_device, progress, seed_everything
 
 __all__ = ["RandomPolicy", "RunConfig", "TrainResult", "build_config", "evaluate", "load_agent", "make_run_env",
-           "saved_config", "train"]
+           "random_return", "saved_config", "train"]
 
 
 @dataclasses.dataclass
@@ -186,7 +186,15 @@ class RandomPolicy:
         return int(rng.integers(self.n_actions)), state
 
 
-@dataclasses.dataclass
+def random_return(env_id: str, episodes: int = 100, seed: int = 0, **env_kwargs: Any) -> float:
+    """The mean return of :class:`RandomPolicy` on ``make_env(env_id, **env_kwargs)``, by :func:`evaluate`."""
+    env = make_env(env_id, **env_kwargs)
+    try:
+        return float(np.mean(evaluate(RandomPolicy(env.action_space.n), env, episodes, 1.0, seed=seed)))
+    finally:
+        env.close()
+
+
 @dataclasses.dataclass
 class TrainResult:
     run_dir: Path

@@ -52,3 +52,56 @@ def test_check_causal_mask_and_split_heads(capsys):
     assert check_split_heads(lambda x, h: x.view(x.shape[0], x.shape[1], h, -1).transpose(1, 2))
     assert not check_split_heads(lambda x, h: x.reshape(x.shape[0], h, x.shape[1], -1))
     assert "mixes positions and heads" in capsys.readouterr().out
+
+
+# -- chapter 3 -------------------------------------------------------------------------------------------
+def _gae(rewards, values, dones, next_value, gamma, lam, trace_mask=True, shift=False):
+    import numpy as np
+
+    advantages, following = np.zeros(len(rewards)), 0.0
+    for t in reversed(range(len(rewards))):
+        next_v = next_value if t == len(rewards) - 1 else values[t + 1]
+        done = dones[t + 1] if shift and t + 1 < len(dones) else (False if shift else dones[t])
+        keep = 0.0 if done else 1.0
+        delta = rewards[t] + gamma * keep * next_v - values[t]
+        following = delta + gamma * lam * (keep if trace_mask else 1.0) * following
+        advantages[t] = following
+    return advantages
+
+
+def test_check_gae(capsys):
+    from companion.exercises import check_gae
+
+    assert check_gae(_gae)
+    assert not check_gae(lambda *args: _gae(*args, trace_mask=False))
+    assert "runs back over the episode end" in capsys.readouterr().out
+    assert not check_gae(lambda *args: _gae(*args, shift=True))
+    assert "shifted by one step" in capsys.readouterr().out
+    assert not check_gae(lambda r, v, d, nv, g, lam: _gae(r, v, d, nv, g, 1.0))
+    assert "lambda is missing" in capsys.readouterr().out
+
+
+def test_check_window_mask(capsys):
+    from companion.attention import window_mask
+    from companion.exercises import check_window_mask
+
+    assert check_window_mask(lambda starts, k: window_mask(starts[None], k)[0, 0])
+    assert not check_window_mask(lambda starts, k: window_mask(starts[None], k)[0, 0].T)
+    assert "future leaks" in capsys.readouterr().out
+    assert not check_window_mask(lambda starts, k: window_mask(torch.zeros_like(starts)[None], k)[0, 0])
+    assert "crosses the episode start" in capsys.readouterr().out
+    assert not check_window_mask(lambda starts, k: window_mask(starts[None], k + 1)[0, 0])
+    assert "one step too long" in capsys.readouterr().out
+
+
+def test_check_clipped_objective(capsys):
+    from companion.exercises import check_clipped_objective
+
+    def right(ratio, adv, eps):
+        return -torch.min(ratio * adv, ratio.clamp(1 - eps, 1 + eps) * adv).mean()
+
+    assert check_clipped_objective(right)
+    assert not check_clipped_objective(lambda r, a, e: -right(r, a, e))
+    assert "sign is flipped" in capsys.readouterr().out
+    assert not check_clipped_objective(lambda r, a, e: -torch.max(r * a, r.clamp(1 - e, 1 + e) * a).mean())
+    assert "max instead of min" in capsys.readouterr().out
