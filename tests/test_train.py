@@ -161,27 +161,34 @@ def test_dqn_learns_cartpole_at_the_quick_budget(tmp_path):
     assert json.loads((tmp_path / "learn" / "meta.json").read_text())["final_eval_mean_return"] >= 100
 
 
-@pytest.mark.slow
-def test_ctrl_c_finishes_the_episode_saves_and_stops(tmp_path):
-    import signal
+def _interrupt(out, algo, signum, steps, episodes):
+    """Start a CLI run, send ``signum`` once ``episodes`` episodes are recorded, return (stdout, stderr)."""
     import time
 
-    out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "companion", "train", "--algo", "dqn", "--env", "CartPole-v1",
-                             "--steps", "200000", "--budget", "quick", "--out", str(out), "--no-progress"],
+    proc = subprocess.Popen([sys.executable, "-m", "companion", "train", "--algo", algo, "--env", "CartPole-v1",
+                             "--steps", str(steps), "--budget", "quick", "--out", str(out), "--no-progress"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
     while time.time() < deadline and (not (out / "metrics.csv").exists()
-                                      or len((out / "metrics.csv").read_text().splitlines()) < 5):
+                                      or len((out / "metrics.csv").read_text().splitlines()) < episodes):
         time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr
-    assert "finishing this episode" in stdout and "stopped (resume with --resume)" in stdout
+    assert "stopped (resume with --resume)" in stdout and RunDir(out).meta()["interrupted"] is True
+    return stdout, stderr
+
+
+@pytest.mark.slow
+def test_ctrl_c_finishes_the_episode_saves_and_stops(tmp_path):
+    import signal
+
+    out = tmp_path / "run"
+    stdout, _ = _interrupt(out, "dqn", signal.SIGINT, 200_000, episodes=5)
+    assert "Ctrl-C: finishing this episode" in stdout
     state = torch.load(out / "checkpoint.pt", weights_only=True)
     metrics = RunDir(out).metrics()
     assert state["loop"]["step"] == metrics["step"][-1] < 200_000  # saved at the end of an episode
-    assert RunDir(out).meta()["interrupted"] is True
 
 
 class _CountingAgent:
@@ -270,23 +277,12 @@ def test_on_policy_records_and_async_envs_give_the_same_run(tmp_path):
 @pytest.mark.slow
 def test_sigterm_saves_at_a_rollout_end_and_stops(tmp_path):
     import signal
-    import time
 
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "companion", "train", "--algo", "ppo", "--env", "CartPole-v1",
-                             "--steps", "2000000", "--budget", "quick", "--out", str(out), "--no-progress"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
-    while time.time() < deadline and (not (out / "metrics.csv").exists()
-                                      or len((out / "metrics.csv").read_text().splitlines()) < 20):
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 0, stderr
-    assert "SIGTERM: finishing" in stdout and "stopped (resume with --resume)" in stdout
+    stdout, _ = _interrupt(out, "ppo", signal.SIGTERM, 2_000_000, episodes=20)
+    assert "SIGTERM: finishing" in stdout
     state = torch.load(out / "checkpoint.pt", weights_only=True)
     assert state["loop"]["step"] % (8 * 32) == 0 and 0 < state["loop"]["step"] < 2_000_000  # a rollout boundary
-    assert RunDir(out).meta()["interrupted"] is True
     assert main(["train", "--algo", "ppo", "--env", "CartPole-v1", "--resume", "--out", str(out), "--no-progress",
                  "--stop-at", str(state["loop"]["step"] + 1)]) == 0
 
