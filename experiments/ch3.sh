@@ -7,7 +7,9 @@
 # Settings: RL Baselines3 Zoo's for PPO on CartPole-v1 (hyperparams/ppo.yml), which its ppo_lstm.yml uses for
 # CartPoleNoVel too: 8 envs x 32 steps, one minibatch of 256, 20 epochs, Adam 1e-3 and clip 0.2 both annealed
 # linearly to 0, gamma 0.98, GAE lambda 0.8, no entropy bonus, gradient norm 0.5; 100k env steps; evaluation
-# every 5k steps (10 episodes, the most likely action). The `gym` and `popgym` presets are exactly these.
+# every 5k steps (10 episodes, the most likely action). The `gym` and `popgym` presets are exactly these
+# hyperparameters; the networks are the companion's (RL-Zoo's ppo_lstm entry also normalises observations and
+# rewards and gives the critic its own LSTM; here the LSTM and attention torsos are shared by both heads).
 # Torsos (companion.agents.ppo):
 #   ppo              actor and critic MLPs (64, 64, tanh) on the current observation
 #   ppo-stack4       the same on the last 4 observations

@@ -104,7 +104,7 @@ def test_a2c_is_ppo_with_one_step_per_rollout():
     with torch.no_grad():
         old = torch.log_softmax(net(obs), -1).gather(1, actions[:, None]).squeeze(1)
     grads = []
-    for clip in (0.2, 0.0):
+    for clip in (0.2, None):
         net.zero_grad()
         loss, _ = ppo_loss(net(obs), torch.zeros(8), actions, old, torch.zeros(8), adv, torch.zeros(8),
                            clip_range=clip, clip_range_vf=0.0, normalize=False, vf_coef=0.0, ent_coef=0.0)
@@ -353,6 +353,28 @@ def test_ppo_first_ratio_is_one_on_the_loops_rollouts(tmp_path, name):
                                      total_steps=3 * 16 * 3))
     assert len(rollouts) == 3 and len(snapshots) >= 3
     assert max(s[0] for s in snapshots) < 1e-5 and max(s[1] for s in snapshots) < 1e-5
+
+
+def test_without_refreshing_its_cache_after_an_update_the_attention_agent_acts_on_stale_keys(tmp_path):
+    """The bug the first version had (chapter 3 tells it): keys and values cached under the parameters before
+    an update no longer match what learning recomputes, so the first ratio of the next rollout is not 1."""
+    agent = _agent(PPOAttention, obs_dim=2, n_envs=3, n_steps=16, batch_size=48, n_epochs=1, context=4)
+    agent.refresh_state = lambda state, prefix_obs, prefix_starts: state  # the bug
+    gaps = []
+    update = agent.update
+
+    def check_then_update(rollout):
+        for batch in agent.minibatches(rollout):
+            _, values = agent.evaluate_batch(batch)
+            gaps.append((values - batch["values"].flatten()).abs().max().item())
+        return update(rollout)
+
+    agent.update = check_then_update
+    from companion.envs import make_env
+
+    LOOPS["on_policy"](_loop_context(agent, lambda: make_env("popgym-PositionOnlyCartPoleEasy-v0"), tmp_path,
+                                     total_steps=3 * 16 * 2))
+    assert gaps[0] < 1e-5 and gaps[1] > 1e-2  # the first rollout is fine; the second starts on stale keys
 
 
 def test_critic_tracker_against_discounted_returns():

@@ -63,7 +63,7 @@ class ActorCriticConfig:
     adam_eps: float = 1e-5
     gamma: float = 0.98
     gae_lambda: float = 0.8
-    clip_range: float = 0.2  # PPO's epsilon; 0 = no clipping (A2C)
+    clip_range: float = 0.2  # PPO's epsilon; 0 = no clipping at all (A2C), whatever the schedule
     clip_schedule: str = "linear"  # as lr_schedule
     clip_range_vf: float = 0.0  # clip the value update around the old value; 0 = off
     normalize_advantage: bool = True  # per minibatch
@@ -223,7 +223,7 @@ class RecurrentActorCritic(ActorCriticNet):
         super().__init__()
         self.encoder, width = _encoder(obs_shape, config)
         self.cell = nn.LSTMCell(width, config.lstm_size)
-        for name, param in self.cell.named_parameters():  # as sb3-contrib's RecurrentPPO
+        for name, param in self.cell.named_parameters():  # as CleanRL's ppo_atari_lstm
             nn.init.zeros_(param) if "bias" in name else nn.init.orthogonal_(param, 1.0)
         self.policy = _orthogonal(nn.Linear(config.lstm_size, n_actions), 0.01)
         self.value = _orthogonal(nn.Linear(config.lstm_size, 1), 1.0)
@@ -262,8 +262,10 @@ class AttentionActorCritic(ActorCriticNet):
     Each step's observation is encoded and embedded, ``x_t = W_e enc(o_t)``. Each of ``num_layers``
     pre-norm blocks lets position ``t`` attend to positions ``t - K + 1 .. t`` of the same episode, with
     a learned bias ``b[h, t - j]`` per head and lag added to the logits (the positions: a bias by lag
-    leaves each key independent of where it sits in the window, so keys and values can be cached).
-    ``V(h_t)`` (and, with ``attend="both"``, ``pi(. | h_t)``) read the last block's output at ``t``.
+    leaves each key independent of where it sits in the window, so keys and values can be cached; a
+    position *within the window* added to the inputs would change every key as the window slides).
+    The critic (and, with ``attend="both"``, the actor) read the last block's output at ``t``: a summary of
+    the last ``K`` observations, which is ``h_t`` only as far as the window holds what the return depends on.
 
     Acting keeps, per layer, the keys and values of the last ``K - 1`` steps: a step costs one query
     over ``K`` keys, not a pass over the window. Learning re-reads the rollout with the window mask,
@@ -283,8 +285,9 @@ class AttentionActorCritic(ActorCriticNet):
         self.embed = nn.Linear(width, config.d_model)
         self.blocks = nn.ModuleList(TransformerBlock(config.d_model, config.num_heads, config.mlp_ratio)
                                     for _ in range(config.num_layers))
-        # A recency prior to start from, as ALiBi's fixed biases (Press et al. 2022): head h starts at
-        # -2^-h * lag, one head sharply on the last steps, the others wider; then they are learned.
+        # A linear recency prior to start from, in the form of ALiBi's fixed biases (Press et al. 2022) but
+        # steeper (ALiBi's slopes for 4 heads are 1/4 ... 1/256): head h starts at -2^-h * lag, one head
+        # sharply on the last steps, the others wider; then every bias is learned, per layer, head and lag.
         slopes = 2.0 ** -torch.arange(config.num_heads, dtype=torch.float32)  # (H,): 1, 1/2, 1/4, ...
         recency = -slopes[:, None] * torch.arange(config.context, dtype=torch.float32)  # (H, K)
         self.lag_bias = nn.Parameter(recency.repeat(config.num_layers, 1, 1))  # (layers, H, K)
@@ -416,8 +419,11 @@ class ActorCriticAgent(Agent):
             group["lr"] = c.lr * (remaining if c.lr_schedule == "linear" else 1.0)
 
     @property
-    def clip_range(self) -> float:
+    def clip_range(self) -> float | None:
+        """PPO's epsilon now (annealed with the schedule), or ``None`` if the config turns clipping off."""
         c = self.config
+        if c.clip_range == 0:
+            return None
         return c.clip_range * (self.progress_remaining if c.clip_schedule == "linear" else 1.0)
 
     # -- acting in N envs ---------------------------------------------------------------------------

@@ -15,17 +15,23 @@ Implementation details, as in Stable-Baselines3 (whose RL-Zoo settings the prese
 2. A time limit is not a terminal state: where an episode is truncated, ``gamma * V(final obs)`` is added
    to the last reward, so the advantage bootstraps through it.
 3. Advantages are normalised per minibatch (``normalize_advantage``).
-4. The value loss is the squared error (no 1/2: ``vf_coef`` = 0.5 plays that part), optionally clipped
-   around the old value (``clip_range_vf``, taking the larger of the two losses).
+4. The value loss is the squared error (no 1/2: ``vf_coef`` = 0.5 plays that part). Optionally
+   (``clip_range_vf``, off in every preset) it is clipped around the old value as in OpenAI's baselines and
+   CleanRL, taking the larger of the two losses (SB3 takes the clipped prediction's loss alone).
 5. Gradients are clipped to a global norm of ``max_grad_norm``; Adam with ``eps=1e-5``.
 6. The learning rate and the clip range anneal linearly to 0 over the run (``lin_`` in RL-Zoo).
 7. Orthogonal initialisation, gain 0.01 for the policy head and 1 for the value head.
 8. Memory torsos re-read each env's whole rollout from the state it started from; minibatches are sets
    of envs (CleanRL's ``ppo_atari_lstm``).
 
-A2C (Mnih et al. 2016) is the same update with one epoch and one minibatch (the whole rollout): the
-ratio is then exactly 1 at the gradient step, the clip never binds, and the gradient is A2C's
-``-A_t grad log pi(a_t|h_t)``. Its preset is RL-Zoo's (5 steps, RMSprop, lambda = 1, no normalisation).
+A2C (Mnih et al. 2016) is the same update with one epoch, one minibatch (the whole rollout) and no
+advantage normalisation (Huang et al. 2022, "A2C is a special case of PPO"): the ratio is then exactly 1
+at the gradient step, the clip never binds, and the gradient is A2C's ``-A_t grad log pi(a_t|h_t)``. Its
+preset is RL-Zoo's (5 steps, RMSprop, lambda = 1).
+
+The presets take RL-Zoo's *hyperparameters*; the networks are the companion's. (RL-Zoo's ``ppo_lstm``
+entry for CartPoleNoVel also normalises observations and rewards and gives the critic its own LSTM of
+64; ``ppo-lstm`` here shares one LSTM of 128 between the heads and normalises nothing.)
 """
 
 from __future__ import annotations
@@ -85,14 +91,15 @@ class PPOAttentionConfig(PPOConfig):
 
 
 def ppo_loss(logits: Tensor, values: Tensor, actions: Tensor, old_log_probs: Tensor, old_values: Tensor,
-             advantages: Tensor, returns: Tensor, *, clip_range: float, clip_range_vf: float, normalize: bool,
+             advantages: Tensor, returns: Tensor, *, clip_range: float | None, clip_range_vf: float, normalize: bool,
              vf_coef: float, ent_coef: float) -> tuple[Tensor, dict[str, float]]:
     """PPO's clipped objective on a flat minibatch of ``M`` samples.
 
     Args:
         logits: ``(M, A)`` and values ``(M,)`` under the current parameters.
         actions, old_log_probs, old_values, advantages, returns: ``(M,)``, from the rollout.
-        clip_range: PPO's epsilon; 0 turns the clip off (the plain policy gradient of A2C).
+        clip_range: PPO's epsilon (annealed, it reaches 0 at the run's end: the ratio is then pinned at 1);
+            ``None`` turns the clip off (the plain policy gradient of A2C).
 
     Returns:
         The loss to minimise and scalars to log: the three terms, the approximate KL divergence
@@ -105,7 +112,7 @@ def ppo_loss(logits: Tensor, values: Tensor, actions: Tensor, old_log_probs: Ten
         advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
     log_ratio = log_probs - old_log_probs
     ratio = log_ratio.exp()
-    if clip_range > 0:
+    if clip_range is not None:
         clipped = ratio.clamp(1 - clip_range, 1 + clip_range)
         policy_loss = -torch.min(advantages * ratio, advantages * clipped).mean()
     else:
@@ -119,7 +126,8 @@ def ppo_loss(logits: Tensor, values: Tensor, actions: Tensor, old_log_probs: Ten
     with torch.no_grad():
         info = {"policy_loss": policy_loss.item(), "value_loss": value_loss.item(), "entropy": entropy.item(),
                 "approx_kl": ((ratio - 1) - log_ratio).mean().item(),
-                "clip_fraction": ((ratio - 1).abs() > clip_range).float().mean().item() if clip_range > 0 else 0.0}
+                "clip_fraction": ((ratio - 1).abs() > clip_range).float().mean().item() if clip_range is not None
+                else 0.0}
     return loss, info
 
 
@@ -137,8 +145,9 @@ class PPO(ActorCriticAgent):
             return cls.Config(n_envs=8, n_steps=32, batch_size=256, n_epochs=20, lr=1e-3, gamma=0.98,
                               gae_lambda=0.8, clip_range=0.2, ent_coef=0.0)
         if family in ("MinAtar", "ALE"):
-            # CleanRL's Atari PPO (Huang et al. 2022, "The 37 implementation details of PPO"): 8 envs x 128 steps,
-            # 4 minibatches, 4 epochs, lr 2.5e-4 and clip 0.1 annealed, gamma 0.99, lambda 0.95, entropy 0.01.
+            # RL-Zoo's Atari PPO (hyperparams/ppo.yml), as in CleanRL's ppo_atari (Huang et al. 2022, "The 37
+            # implementation details of PPO"): 8 envs x 128 steps, 4 minibatches, 4 epochs, lr 2.5e-4 and clip 0.1
+            # annealed (CleanRL anneals the lr only), gamma 0.99, lambda 0.95, entropy 0.01.
             return cls.Config(frame_stack=4 if family == "ALE" else 1, n_envs=8, n_steps=128, batch_size=256,
                               n_epochs=4, lr=2.5e-4, gamma=0.99, gae_lambda=0.95, clip_range=0.1, ent_coef=0.01,
                               max_grad_norm=0.5)
