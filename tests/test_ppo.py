@@ -11,10 +11,12 @@ import torch
 from companion.agents import A2C, AGENTS, PPO, PPOLSTM, PPOAttention
 from companion.agents.actor_critic import explained_variance
 from companion.agents.ppo import ppo_loss
-from companion.buffers import gae
-from companion.loops import LOOPS, LoopContext
+from companion.buffers import Rollout, gae
+from companion.loops import LOOPS, LoopContext, on_policy
 from companion.loops.on_policy import CriticTracker, discounted_returns
 from companion.records import RunDir
+from companion.train import RandomPolicy, evaluate
+from companion.utils import episode_seed
 
 CPU = torch.device("cpu")
 
@@ -310,7 +312,7 @@ def _capture_rollouts(agent):
 
 
 def test_a_time_limit_bootstraps_from_the_final_observation(tmp_path):
-    agent = _agent(PPO, obs_dim=1, n_envs=2, n_steps=4, batch_size=8, n_epochs=1)
+    agent = _agent(PPO, obs_dim=1, n_envs=2, n_steps=4, batch_size=8, n_epochs=1, lr=0.0)  # V unchanged after
     rollouts = _capture_rollouts(agent)
     LOOPS["on_policy"](_loop_context(agent, _Cut, tmp_path, total_steps=8))
     rollout = rollouts[0]
@@ -327,7 +329,7 @@ def test_a_time_limit_bootstraps_from_the_final_observation(tmp_path):
     assert list(metrics["length"]) == [3, 3] and list(metrics["return"]) == [3.0, 3.0]
 
 
-@pytest.mark.parametrize("name", ["mlp", "lstm", "attention-2-layers"])
+@pytest.mark.parametrize("name", ["mlp", "lstm", "attention", "attention-2-layers"])
 def test_ppo_first_ratio_is_one_on_the_loops_rollouts(tmp_path, name):
     """On rollouts the loop really collected (the second one starts mid-episode, from a carried state and a
     prefix of earlier steps), the learning path reproduces the acting path's log-probabilities and values."""
@@ -386,3 +388,227 @@ def test_critic_tracker_against_discounted_returns():
     returns, errors = np.array([2.0, 2.0, 3.0]), np.array([1.0, 1.0, 3.0])
     assert out["explained_variance_mc"] == pytest.approx(1 - errors.var() / returns.var())
     assert all(np.isnan(v) for v in tracker.flush().values())  # the block is reset
+
+
+# -- more that the mutation probe asked for: terminations, carried states, schedules, minibatches, seeds --------
+class _End(_Cut):
+    def step(self, action):
+        self.t += 1
+        return np.array([self.t], np.float32), 1.0, self.t >= 3, False, {}
+
+
+class _Seeds(_Cut):
+    log: list = []
+
+    def reset(self, *, seed=None, options=None):
+        type(self).log.append(seed)
+        return super().reset(seed=seed, options=options)
+
+
+def test_a_terminal_step_is_not_bootstrapped(tmp_path):
+    agent = _agent(PPO, obs_dim=1, n_envs=2, n_steps=4, batch_size=8, n_epochs=1)
+    rollouts = _capture_rollouts(agent)
+    LOOPS["on_policy"](_loop_context(agent, _End, tmp_path, total_steps=8))
+    assert rollouts[0].dones[:, 0].tolist() == [False, False, True, False]
+    torch.testing.assert_close(rollouts[0].rewards, torch.ones(4, 2))
+
+
+class _Shifted(_Cut):
+    """_Cut with observations 1, 2, 3 (and the final 4): an LSTM reading 0 from a zero state stays at zero."""
+
+    def reset(self, *, seed=None, options=None):
+        obs, info = super().reset(seed=seed, options=options)
+        return obs + 1, info
+
+    def step(self, action):
+        obs, *rest = super().step(action)
+        return (obs + 1, *rest)
+
+
+def test_a_memory_agent_bootstraps_from_its_carried_state(tmp_path):
+    agent = _agent(PPOLSTM, obs_dim=1, n_envs=1, n_steps=4, batch_size=4, n_epochs=1, lr=0.0)
+    rollouts = _capture_rollouts(agent)
+    LOOPS["on_policy"](_loop_context(agent, _Shifted, tmp_path, total_steps=4))
+    r, net, g = rollouts[0], agent.net, agent.config.gamma
+    with torch.no_grad():
+        s = net.initial_state(1)
+        for o in (1.0, 2.0, 3.0):
+            _, _, s = net.step(torch.tensor([[o]]), s)
+        v_final = net.step(torch.tensor([[4.0]]), s)[1]  # V(final obs | 1, 2, 3)
+        s = net.step(torch.tensor([[1.0]]), net.initial_state(1))[2]
+        v_next = net.step(torch.tensor([[2.0]]), s)[1]  # V(obs after the rollout | the new episode's 1)
+    torch.testing.assert_close(r.rewards[2, 0], 1.0 + g * v_final[0])
+    torch.testing.assert_close(r.next_value, v_next)
+
+
+@pytest.mark.parametrize("overrides", [{"context": 4}, {"num_layers": 2, "context": 4}])
+def test_refreshing_the_cache_with_unchanged_parameters_changes_nothing(overrides):
+    agent = _agent(PPOAttention, **overrides)
+    envs, steps = 3, 15
+    obs = torch.randn(steps, envs, 3)
+    starts = torch.as_tensor(_episode_starts(steps, envs, seed=2))
+    state = agent.rollout_state(envs)
+    with torch.no_grad():
+        for t in range(steps):
+            state = agent.reset_state(state, starts[t].numpy())
+            _, _, state = agent.net.step(obs[t], state)
+    p = agent.history_prefix
+    (cache, valid), (cache2, valid2) = state, agent.refresh_state(state, obs[steps - p:], starts[steps - p:])
+    assert torch.equal(valid, valid2)
+    for (k, v), (k2, v2) in zip(cache, cache2, strict=True):
+        m = valid[:, None, :, None].expand_as(k)
+        torch.testing.assert_close(k2[m], k[m], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(v2[m], v[m], atol=1e-5, rtol=1e-5)
+
+
+def test_act_with_attention_puts_lag_zero_first():
+    agent = _agent(PPOAttention, context=4)
+    rng = np.random.default_rng(0)
+    obs = np.ones(3, np.float32)
+    action, _, w = agent.act_with_attention(obs, agent.initial_state(), 0.0, rng)
+    assert w.shape == (1, 4, 4)
+    np.testing.assert_allclose(w[..., 0], 1.0)  # an episode's first step sees only itself, at lag 0
+    assert action == agent.act(obs, agent.initial_state(), 0.0, rng)[0]
+
+
+def test_ppo_loss_normalises_advantages_and_reports_schulmans_kl():
+    logits = torch.tensor([[0.2, -0.1], [1.0, 0.0], [0.0, 0.5], [-0.3, 0.3]])
+    actions = torch.tensor([0, 0, 1, 1])
+    new = torch.log_softmax(logits, -1).gather(1, actions[:, None]).squeeze(1)
+    old = new - torch.tensor([0.5, -0.5, 0.05, 0.0])
+    adv = torch.tensor([1.0, -2.0, 0.5, 3.0])
+    loss, info = ppo_loss(logits, torch.zeros(4), actions, old, torch.zeros(4), adv, torch.zeros(4), clip_range=0.2,
+                          clip_range_vf=0.0, normalize=True, vf_coef=0.0, ent_coef=0.0)
+    ratio, a = (new - old).exp(), (adv - adv.mean()) / (adv.std() + 1e-8)
+    torch.testing.assert_close(loss, -torch.min(ratio * a, ratio.clamp(0.8, 1.2) * a).mean())
+    assert info["approx_kl"] == pytest.approx(((ratio - 1) - (new - old)).mean().item())
+
+
+def test_schedules_anneal_and_the_loss_uses_the_annealed_clip():
+    agent = _agent(PPO)
+    agent.set_progress(0.25)
+    assert agent.clip_range == pytest.approx(0.05)
+    assert agent.optimizer.param_groups[0]["lr"] == pytest.approx(0.25e-3)
+    obs = torch.randn(6, 3)
+    with torch.no_grad():
+        logits, values = agent.net(obs)
+    batch = dict(obs=obs, actions=torch.zeros(6, dtype=torch.long),
+                 log_probs=torch.log_softmax(logits, -1)[:, 0] - 0.1, values=values, advantages=torch.ones(6),
+                 returns=values)
+    assert agent.loss(batch)[1]["clip_fraction"] == 1.0  # ratio e^0.1: inside 0.2, outside 0.05
+    constant = _agent(PPO, lr_schedule="constant", clip_schedule="constant")
+    constant.set_progress(0.25)
+    assert constant.clip_range == 0.2 and constant.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3)
+
+
+def test_minibatches_cover_the_rollout_once_per_epoch():
+    agent = _agent(PPO, n_envs=4, n_steps=8, batch_size=8)
+    r = Rollout.empty(8, 4, (3,), torch.float32, CPU)
+    r.obs = torch.arange(32.0).view(8, 4, 1).expand(8, 4, 3).clone()
+    r.advantages = r.returns = torch.zeros(8, 4)
+    batches = list(agent.minibatches(r))
+    assert [len(b["obs"]) for b in batches] == [8] * 4
+    assert sorted(torch.cat([b["obs"][:, 0] for b in batches]).tolist()) == list(range(32))
+    lstm = _agent(PPOLSTM, n_envs=8, n_steps=8, batch_size=16)
+    r = Rollout.empty(8, 8, (3,), torch.float32, CPU)
+    r.obs = torch.arange(8.0).view(1, 8, 1).expand(8, 8, 3).clone()  # every obs of env i is i
+    r.advantages = r.returns = torch.zeros(8, 8)
+    r.initial_state = (torch.arange(8.0)[:, None].expand(8, 128).clone(), torch.zeros(8, 128))
+    orders = set()
+    for _ in range(5):
+        batches = list(lstm.minibatches(r))
+        assert [tuple(b["obs"].shape[:2]) for b in batches] == [(2, 8)] * 4  # batch_size // n_steps envs
+        for b in batches:
+            assert torch.equal(b["state"][0][:, 0], b["obs"][:, 0, 0])  # each env with its own state
+        orders.add(tuple(torch.cat([b["obs"][:, 0, 0] for b in batches]).int().tolist()))
+    assert all(sorted(o) == list(range(8)) for o in orders) and len(orders) > 1
+
+
+def test_update_reports_the_explained_variance_of_the_old_values():
+    agent = _agent(PPO, n_envs=2, n_steps=4, batch_size=8, n_epochs=1)
+    r = Rollout.empty(4, 2, (3,), torch.float32, CPU)
+    r.obs = torch.randn(4, 2, 3)
+    r.returns, r.values = torch.arange(8.0).view(4, 2), torch.full((4, 2), 3.5)  # a critic that predicts the mean
+    r.advantages = r.returns - r.values
+    with torch.no_grad():
+        r.log_probs = torch.log_softmax(agent.net(r.obs.flatten(0, 1))[0], -1)[:, 0].view(4, 2)
+    assert agent.update(r)["explained_variance"] == pytest.approx(0.0)
+
+
+def test_metrics_rows_and_the_critic_tracker_on_cut_episodes(tmp_path, monkeypatch):
+    calls, original = [], on_policy.CriticTracker.add_episode
+
+    def spy(self, values, rewards, bootstrap):
+        calls.append((list(rewards), bootstrap))
+        return original(self, values, rewards, bootstrap)
+
+    monkeypatch.setattr(on_policy.CriticTracker, "add_episode", spy)
+    agent = _agent(PPO, obs_dim=1, n_envs=2, n_steps=4, batch_size=8, n_epochs=1, lr=0.0)
+    LOOPS["on_policy"](_loop_context(agent, _Cut, tmp_path, total_steps=8))
+    with torch.no_grad():
+        final_value = agent.net(torch.tensor([[3.0]]))[1].item()
+    assert [c[0] for c in calls] == [[1.0, 1.0, 1.0]] * 2  # the env's rewards, not the bootstrapped ones
+    assert [c[1] for c in calls] == pytest.approx([final_value] * 2, rel=1e-5)
+    assert list(RunDir(tmp_path / "run").metrics()["step"]) == [6, 6]  # 2 envs x 3 steps
+
+
+def test_each_sub_env_episode_has_its_own_seed(tmp_path):
+    _Seeds.log = []
+    agent = _agent(PPO, obs_dim=1, n_envs=2, n_steps=4, batch_size=8, n_epochs=1)
+    LOOPS["on_policy"](_loop_context(agent, _Seeds, tmp_path, total_steps=16))
+    expected = [episode_seed(0, k, stream=10 + i) for k in range(3) for i in range(2)]
+    assert _Seeds.log == expected and len(set(expected)) == 6
+    assert episode_seed(0, 1, stream=10) == 163312383  # pinned: the book's records depend on it
+
+
+def test_off_policy_and_evaluation_seed_streams(tmp_path):
+    _Seeds.log = []
+    config = dataclasses.replace(AGENTS["dqn"].preset("gym"), learning_starts=10**6)
+    torch.manual_seed(0)
+    agent = AGENTS["dqn"]((1,), 2, config, CPU)
+    LOOPS["off_policy"](_loop_context(agent, _Seeds, tmp_path, total_steps=9))
+    assert _Seeds.log == [episode_seed(0, k) for k in range(4)]
+    _Seeds.log = []
+    evaluate(RandomPolicy(2), _Seeds(), 2, 1.0, seed=7)
+    assert _Seeds.log == [episode_seed(7, k, stream=1) for k in range(2)]
+
+
+def test_update_rows_at_the_rollout_end_at_or_after_each_1000(tmp_path):
+    agent = _agent(PPO, obs_dim=1, n_envs=2, n_steps=8, batch_size=16, n_epochs=1)
+    LOOPS["on_policy"](_loop_context(agent, _Cut, tmp_path, total_steps=1008))
+    assert list(RunDir(tmp_path / "run").updates()["step"]) == [1008]
+
+
+def test_harness_evaluates_each_time_with_new_seeds(tmp_path, monkeypatch):
+    import companion.train as harness
+    from companion.train import build_config, train
+
+    seen, original = [], harness.evaluate
+    monkeypatch.setattr(harness, "evaluate", lambda *a, **k: (seen.append(k["seed"]), original(*a, **k))[1])
+    run, agent = build_config("ppo", "CartPole-v1", seed=3, budget="quick", total_steps=512,
+                              overrides={"eval_every": 256, "n_envs": 2, "n_steps": 128, "batch_size": 256,
+                                         "n_epochs": 1})
+    train(run, agent, tmp_path / "e", show_progress=False)
+    assert seen == [3 * 1_000_003 + 256, 3 * 1_000_003 + 512]
+
+
+def test_lag_bias_starts_from_a_recency_prior():
+    agent = _agent(PPOAttention, context=4, num_layers=2)
+    expected = -(2.0 ** -torch.arange(4.0))[:, None] * torch.arange(4.0)  # (H, K): head h, lag k: -2^-h * k
+    torch.testing.assert_close(agent.net.lag_bias.detach(), expected.expand(2, 4, 4))
+
+
+def test_every_update_clips_the_gradient_norm(monkeypatch):
+    norms, original = [], torch.nn.utils.clip_grad_norm_
+
+    def spy(parameters, max_norm, *args, **kwargs):
+        norms.append(max_norm)
+        return original(parameters, max_norm, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
+    agent = _agent(PPO, n_envs=2, n_steps=4, batch_size=4, n_epochs=3)
+    rollout = Rollout.empty(4, 2, (3,), torch.float32, CPU)
+    rollout.obs = torch.randn(4, 2, 3)
+    rollout.advantages, rollout.returns = torch.randn(4, 2), torch.randn(4, 2)
+    agent.update(rollout)
+    assert norms == [0.5] * 6  # 3 epochs x 2 minibatches

@@ -289,8 +289,10 @@ def test_sigterm_saves_at_a_rollout_end_and_stops(tmp_path):
 
 @pytest.mark.slow
 def test_ppo_learns_cartpole_quickly(tmp_path):
-    # Seeded check with an honest margin: a random policy scores about 22. Measured (seed 0, 20,480 steps,
-    # RL-Zoo's settings): final evaluation 500.0, and 456.4 already at 15,104 steps.
+    # Seeded check with an honest margin: a random policy scores about 22. Measured (20,000 steps, RL-Zoo's
+    # settings), final evaluations of seeds 0-4: 460, 128, 500, 140, 219; the threshold sits below all five,
+    # so a change of seeds alone does not fail it, and a broken update (e.g. bootstrapping through
+    # terminations: a mean of 40 over those seeds) does.
     run, agent = build_config("ppo", "CartPole-v1", seed=0, budget="quick", total_steps=20_000)
     result = train(run, agent, tmp_path / "learn", show_progress=False)
-    assert result.final_eval >= 200
+    assert result.final_eval >= 100
