@@ -254,8 +254,9 @@ class MultiHeadAttention(nn.Module):
             ``(output, weights)``: output ``(B, L, E)``; weights ``(B, H, L, S)`` or ``None``.
         """
         self._check_inputs(query, key, value, mask)
+        q = self._split_heads(self.q_proj(query))  # (B, H, L, d_head)
         k, v = self.project_key_value(key, value)  # (B, H, S, d_head) each
-        return self.attend(query, k, v, mask, need_weights)
+        return self._attend(q, k, v, mask, need_weights)
 
     def project_key_value(self, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor]:
         """Keys ``(B, S, kdim)`` and values ``(B, S, vdim)`` projected and split into heads, ``(B, H, S, d_head)``
@@ -267,7 +268,11 @@ class MultiHeadAttention(nn.Module):
         """Attend from ``query`` ``(B, L, E)`` over keys and values already projected by
         :meth:`project_key_value` (``(B, H, S, d_head)``, e.g. from a cache); ``mask`` and the returns as in
         :meth:`forward`."""
-        q = self._split_heads(self.q_proj(query))  # (B, H, L, d_head)
+        return self._attend(self._split_heads(self.q_proj(query)), k, v, mask, need_weights)
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None,
+                need_weights: bool) -> tuple[Tensor, Tensor | None]:
+        """Heads already split: ``q`` ``(B, H, L, d_head)``, ``k``/``v`` ``(B, H, S, d_head)``."""
         dropout_p = self.dropout if self.training else 0.0
         if need_weights:  # manual path: the weights are there to look at
             heads, weights = scaled_dot_product_attention(q, k, v, mask)  # (B, H, L, d_head), (B, H, L, S)
