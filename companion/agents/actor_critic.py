@@ -518,7 +518,9 @@ class ActorCriticAgent(Agent):
         raise NotImplementedError
 
     def update(self, rollout: Rollout) -> dict[str, float]:
-        """``n_epochs`` passes of minibatch gradient steps on :meth:`loss`; the mean of each scalar."""
+        """``n_epochs`` passes of minibatch gradient steps on :meth:`loss`; each scalar's mean over all of them
+        (Stable-Baselines3 logs the approximate KL of the last epoch only), with the explained variance of the
+        rollout's values against its GAE targets and the learning rate."""
         c = self.config
         sums: dict[str, float] = {}
         count = 0
