@@ -28,6 +28,7 @@ fully padded sequence pass through a network harmlessly, and it is what PyTorch'
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +36,9 @@ from torch import Tensor, nn
 
 __all__ = [
     "AdditiveAttention",
+    "EpisodicMemory",
     "LearnedPositionalEmbedding",
+    "MemoryCache",
     "MultiHeadAttention",
     "SinusoidalPositionalEncoding",
     "TransformerBlock",
@@ -409,10 +412,11 @@ class TransformerBlock(nn.Module):
         return x + self.mlp(self.norm2(x)), k, v, weights
 
 
-def window_mask(episode_starts: Tensor, window: int, lag_bias: Tensor | None = None) -> Tensor:
+def window_mask(episode_starts: Tensor, window: int, lag_bias: Tensor | None = None, min_lag: int = 0) -> Tensor:
     """The mask of causal attention over a sliding window that never crosses an episode start.
 
-    Position ``i`` may attend to ``j`` when ``0 <= i - j < window`` and no episode starts in ``(j, i]``.
+    Position ``i`` may attend to ``j`` when ``min_lag <= i - j < window`` and no episode starts in ``(j, i]``
+    (``min_lag = 1``: the past only, as an episodic memory reads it).
     With ``lag_bias`` ``(H, window)``, the allowed entries carry ``lag_bias[h, i - j]`` (a learned bias per
     head and lag, which leaves keys independent of where they sit, so they can be cached) and the others
     ``-inf``; without, the mask is boolean.
@@ -427,11 +431,88 @@ def window_mask(episode_starts: Tensor, window: int, lag_bias: Tensor | None = N
     positions = torch.arange(length, device=episode_starts.device)
     lag = positions[:, None] - positions[None, :]  # (S, S): i - j
     episode = episode_starts.long().cumsum(-1)  # (B, S): an episode's positions share a number
-    allowed = (lag >= 0) & (lag < window) & (episode[:, :, None] == episode[:, None, :])  # (B, S, S)
+    allowed = (lag >= min_lag) & (lag < window) & (episode[:, :, None] == episode[:, None, :])  # (B, S, S)
     if lag_bias is None:
         return allowed[:, None]
     bias = lag_bias[:, lag.clamp(0, window - 1)]  # (H, S, S)
     return bias[None].masked_fill(~allowed[:, None], float("-inf"))  # (B, H, S, S)
+
+
+class EpisodicMemory(nn.Module):
+    """A key-value memory of the episode's past steps, read by attention (book chapter 4).
+
+    Every step ``t`` writes one slot ``m_t`` ``(E,)`` (the caller decides what it holds: an embedding of
+    ``(o_t, a_{t-1}, r_{t-1})``, say). A read at step ``t`` is multi-head attention from a query ``q_t`` over the
+    slots of steps ``t - M .. t - 1`` of the same episode: the past only, at most ``M = capacity`` steps back,
+    keys and values projected from the slots (``k_j = W_k m_j``, ``v_j = W_v m_j``). At an episode's first step
+    there is nothing to read, and the read is zero (:func:`masked_softmax`'s convention).
+
+    Acting keeps a :class:`MemoryCache` of the projected keys and values, so a step projects its own slot once
+    and reads ``M`` cached ones: ``O(M)`` per step, with no pass over the episode. Learning reads a whole
+    sequence at once (:meth:`read_sequence`) with the mask of :func:`window_mask`; both give the same numbers.
+    Reads carry no position: what a slot holds is all the memory has to go by (a content-addressed memory,
+    as NEC's, Pritzel et al. 2017).
+    """
+
+    def __init__(self, dim: int, num_heads: int, capacity: int) -> None:
+        super().__init__()
+        if capacity < 1:
+            raise ValueError(f"EpisodicMemory: capacity must be >= 1, got {capacity}")
+        self.capacity, self.num_heads, self.head_dim = capacity, num_heads, dim // num_heads
+        self.attention = MultiHeadAttention(dim, num_heads)
+
+    def empty(self, n: int) -> MemoryCache:
+        """An empty cache for ``n`` envs."""
+        device = self.attention.q_proj.weight.device
+        shape = (n, self.num_heads, self.capacity, self.head_dim)
+        return MemoryCache(torch.zeros(shape, device=device), torch.zeros(shape, device=device),
+                           torch.zeros(n, self.capacity, dtype=torch.bool, device=device))
+
+    def read_step(self, query: Tensor, cache: MemoryCache, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
+        """Read for ``N`` envs: ``query`` ``(N, E)`` over the cached slots. Returns ``(N, E)`` and, if asked,
+        the weights ``(N, H, M)`` over the slots, oldest first."""
+        mask = cache.valid[:, None, None, :]  # (N, 1, 1, M)
+        out, weights = self.attention.attend(query[:, None], cache.keys, cache.values, mask, need_weights)
+        return out[:, 0], (weights[:, :, 0] if weights is not None else None)
+
+    def write_step(self, slot: Tensor, cache: MemoryCache) -> MemoryCache:
+        """Append each env's slot ``(N, E)``, forgetting the oldest once ``M`` are held."""
+        k, v = self.attention.project_key_value(slot[:, None], slot[:, None])  # (N, H, 1, d_head)
+        valid = torch.cat([cache.valid, cache.valid.new_ones(len(cache.valid), 1)], dim=1)[:, 1:]
+        return MemoryCache(torch.cat([cache.keys, k], dim=2)[:, :, 1:], torch.cat([cache.values, v], dim=2)[:, :, 1:],
+                           valid)
+
+    def fill(self, slots: Tensor, valid: Tensor) -> MemoryCache:
+        """A cache holding the last ``M`` of ``slots`` ``(N, S, E)`` (``S >= M``) with the given validity ``(N, M)``:
+        how a cache is rebuilt under new parameters."""
+        k, v = self.attention.project_key_value(slots[:, -self.capacity:], slots[:, -self.capacity:])
+        return MemoryCache(k, v, valid)
+
+    def read_sequence(self, queries: Tensor, slots: Tensor, starts: Tensor,
+                      need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
+        """Reads at the last ``T`` of ``S`` positions: ``queries`` ``(B, T, E)``, ``slots`` ``(B, S, E)`` written at all
+        ``S`` positions, ``starts`` ``(B, S)`` marking episode starts. Query ``i`` (position ``S - T + i``) reads slot
+        ``j`` when ``1 <= S - T + i - j <= M`` in the same episode. Returns ``(B, T, E)`` and the weights
+        ``(B, H, T, S)`` if asked."""
+        steps = queries.shape[1]
+        mask = window_mask(starts, self.capacity + 1, min_lag=1)[:, :, -steps:]  # (B, 1, T, S)
+        return self.attention(queries, slots, slots, mask, need_weights)
+
+
+class MemoryCache(NamedTuple):
+    """What :class:`EpisodicMemory` keeps while acting: keys and values ``(N, H, M, d_head)``, oldest first, and
+    which slots hold a step of the current episode ``(N, M)``."""
+
+    keys: Tensor
+    values: Tensor
+    valid: Tensor
+
+    def reset(self, done: Tensor) -> MemoryCache:
+        """Forget the episode of the envs where ``done`` ``(N,)`` is True."""
+        return MemoryCache(self.keys, self.values, self.valid & ~done[:, None])
+
+    def select(self, index: Tensor) -> MemoryCache:
+        return MemoryCache(self.keys[index], self.values[index], self.valid[index])
 
 
 # --------------------------------------------------------------------------------------------------

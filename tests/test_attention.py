@@ -345,3 +345,28 @@ def test_window_mask_is_causal_windowed_and_stops_at_episode_starts():
     bias = torch.tensor([[0.5, -1.0]])  # one head: lag 0, lag 1
     with_bias = window_mask(starts, 2, bias)[0, 0]
     assert with_bias[4, 3] == -1.0 and with_bias[4, 4] == 0.5 and torch.isneginf(with_bias[3, 2])
+
+
+def test_episodic_memory_reads_the_past_only_within_capacity_and_caching_changes_nothing():
+    from companion.attention import EpisodicMemory
+
+    torch.manual_seed(0)
+    memory = EpisodicMemory(8, 2, capacity=3)
+    slots, queries = torch.randn(2, 7, 8), torch.randn(2, 7, 8)
+    starts = torch.zeros(2, 7, dtype=torch.bool)
+    starts[:, 0] = True
+    starts[1, 4] = True  # env 1: a new episode at step 4
+    with torch.no_grad():
+        whole, weights = memory.read_sequence(queries, slots, starts, need_weights=True)
+        cache, stepwise = memory.empty(2), []
+        for t in range(7):
+            cache = cache.reset(starts[:, t])
+            stepwise.append(memory.read_step(queries[:, t], cache)[0])
+            cache = memory.write_step(slots[:, t], cache)
+    torch.testing.assert_close(torch.stack(stepwise, 1), whole, atol=1e-5, rtol=1e-5)
+    w = weights[0, 0]  # env 0, head 0: (T, S)
+    assert w[0].eq(0).all()  # step 0 has no past: it reads nothing, and its output is the projection's bias
+    torch.testing.assert_close(whole[:, 0], memory.attention.out_proj.bias.detach().expand(2, 8))
+    assert w.triu().eq(0).all()  # never the current step or later
+    assert w[6, :3].eq(0).all() and w[6, 3:6].sum().item() == pytest.approx(1.0)  # steps 3..5: capacity 3
+    assert weights[1, :, 4].eq(0).all() and weights[1, :, 5, :4].eq(0).all()  # a new episode forgets the old

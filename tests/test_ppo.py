@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from companion.agents import A2C, AGENTS, PPO, PPOLSTM, PPOAttention
+from companion.agents import A2C, AGENTS, PPO, PPOLSTM, PPOAttention, PPOMemory
 from companion.agents.actor_critic import explained_variance
 from companion.agents.ppo import ppo_loss
 from companion.buffers import Rollout, gae
@@ -33,6 +33,7 @@ NETWORKS = {
     "attention": (PPOAttention, {}),
     "attention-critic-only": (PPOAttention, {"attend": "critic"}),
     "attention-2-layers": (PPOAttention, {"num_layers": 2, "context": 4}),
+    "memory": (PPOMemory, {"memory": 6}),
 }
 
 
@@ -169,7 +170,7 @@ def test_acting_step_by_step_equals_rereading_the_rollout(name):
     torch.testing.assert_close(torch.stack(values, 1), reread_values, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["lstm", "attention", "attention-2-layers"])
+@pytest.mark.parametrize("name", ["lstm", "attention", "attention-2-layers", "memory"])
 def test_no_step_leaks_into_an_earlier_one_or_across_an_episode_start(name):
     cls, overrides = NETWORKS[name]
     agent = _agent(cls, **overrides)
@@ -247,7 +248,7 @@ def test_evaluation_acts_greedily_and_uniformly_at_epsilon_one(name):
 
 
 def test_registry_presets_and_bad_settings():
-    for name in ("ppo", "a2c", "ppo-lstm", "ppo-attn"):
+    for name in ("ppo", "a2c", "ppo-lstm", "ppo-attn", "ppo-memory"):
         for family in ("gym", "popgym", "MinAtar", "ALE"):
             AGENTS[name].preset(family).validate()
         with pytest.raises(ValueError, match="no .* preset"):
@@ -329,7 +330,7 @@ def test_a_time_limit_bootstraps_from_the_final_observation(tmp_path):
     assert list(metrics["length"]) == [3, 3] and list(metrics["return"]) == [3.0, 3.0]
 
 
-@pytest.mark.parametrize("name", ["mlp", "lstm", "attention", "attention-2-layers"])
+@pytest.mark.parametrize("name", ["mlp", "lstm", "attention", "attention-2-layers", "memory"])
 def test_ppo_first_ratio_is_one_on_the_loops_rollouts(tmp_path, name):
     """On rollouts the loop really collected (the second one starts mid-episode, from a carried state and a
     prefix of earlier steps), the learning path reproduces the acting path's log-probabilities and values."""

@@ -37,12 +37,12 @@ from torch import Tensor, nn
 from torch.distributions import Categorical
 
 from companion.agents.base import Agent
-from companion.attention import TransformerBlock, window_mask
+from companion.attention import EpisodicMemory, MemoryCache, TransformerBlock, window_mask
 from companion.buffers import Rollout
 from companion.networks import make_encoder
 
 __all__ = ["ActorCriticAgent", "ActorCriticConfig", "ActorCriticNet", "AttentionActorCritic",
-           "FeedForwardActorCritic", "RecurrentActorCritic", "explained_variance"]
+           "FeedForwardActorCritic", "MemoryActorCritic", "RecurrentActorCritic", "explained_variance"]
 
 
 @dataclasses.dataclass
@@ -372,6 +372,82 @@ class AttentionActorCritic(ActorCriticNet):
             x, _ = block(x, window_mask(window_starts, self.context, bias))  # (B, H, P+T, P+T) mask
         logits, values = self._heads(self.norm(x[:, prefix:]), obs.flatten(0, 1))
         return logits.reshape(batch, steps, -1), values.view(batch, steps)
+
+
+class MemoryActorCritic(ActorCriticNet):
+    """An actor-critic with an episodic memory read by attention (book chapter 4).
+
+    At step ``t`` the observation is encoded, ``z_t = enc(o_t)``. The agent reads its memory of the episode with
+    the query ``q_t = W_q z_t``: attention over the slots of the last ``M = memory`` steps before ``t``
+    (:class:`~companion.attention.EpisodicMemory`), giving ``r_t``. The heads read ``h_t = MLP([z_t, r_t])``.
+    Then it writes the slot ``m_t = W_m z_t``. With ``--set prev_action=true --set prev_reward=true`` the
+    observation carries ``a_{t-1}`` and ``r_{t-1}``, so a slot holds ``(o_t, a_{t-1}, r_{t-1})``.
+
+    Unlike :class:`AttentionActorCritic` there is no window of ``K`` self-attention steps: one read reaches up to
+    ``M`` steps back (the whole episode when ``M`` is at least its length), at ``O(M)`` per step while acting.
+    Learning re-reads each rollout with the ``M`` steps before it (``history_prefix = M``), and gradients reach
+    the slots of those steps too.
+    """
+
+    sequential = True
+
+    def __init__(self, obs_shape: tuple[int, ...], n_actions: int, config: Any) -> None:
+        super().__init__()
+        self.encoder, width = _encoder(obs_shape, config)
+        self.query = nn.Linear(width, config.d_model)
+        self.slot = nn.Linear(width, config.d_model)
+        self.memory = EpisodicMemory(config.d_model, config.num_heads, config.memory)
+        self.torso = _orthogonal(nn.Sequential(nn.Linear(width + config.d_model, config.d_model), nn.Tanh()),
+                                 math.sqrt(2))
+        self.policy = _orthogonal(nn.Linear(config.d_model, n_actions), 0.01)
+        self.value = _orthogonal(nn.Linear(config.d_model, 1), 1.0)
+        self.history_prefix = config.memory
+
+    def initial_state(self, n: int) -> MemoryCache:
+        return self.memory.empty(n)
+
+    def reset_state(self, state: MemoryCache, done: Tensor) -> MemoryCache:
+        return state.reset(done)
+
+    def select_state(self, state: MemoryCache, index: Tensor) -> MemoryCache:
+        return state.select(index)
+
+    def _heads(self, z: Tensor, read: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.torso(torch.cat([z, read], dim=-1))
+        return self.policy(h), self.value(h).squeeze(-1)
+
+    def step(self, obs: Tensor, state: MemoryCache, need_weights: bool = False) -> tuple[Tensor, Tensor, Any]:
+        """One step of ``N`` envs: read, then write. With ``need_weights`` the state is followed by the read's
+        weights by lag, ``(N, 1, H, M + 1)`` (index ``k``: the step ``k`` back; lag 0, the current step, is never
+        read and stays 0), shaped as :class:`AttentionActorCritic`'s for :mod:`companion.viz`."""
+        z = self.encoder(obs)  # (N, F)
+        read, weights = self.memory.read_step(self.query(z), state, need_weights)  # (N, E)
+        logits, values = self._heads(z, read)
+        next_state = self.memory.write_step(self.slot(z), state)
+        if need_weights:
+            by_lag = torch.cat([torch.zeros_like(weights[..., :1]), weights.flip(-1)], dim=-1)  # (N, H, M + 1)
+            return logits, values, (next_state, by_lag[:, None])
+        return logits, values, next_state
+
+    def sequence(self, obs: Tensor, starts: Tensor, state: Any, prefix_obs: Tensor | None = None,
+                 prefix_starts: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        batch, steps = obs.shape[:2]
+        if prefix_obs is not None and prefix_obs.shape[1]:
+            obs_all, starts_all = torch.cat([prefix_obs, obs], dim=1), torch.cat([prefix_starts, starts], dim=1)
+        else:
+            obs_all, starts_all = obs, starts
+        z = self.encoder(obs_all.flatten(0, 1)).view(batch, obs_all.shape[1], -1)  # (B, P+T, F)
+        z_now = z[:, -steps:]
+        read, _ = self.memory.read_sequence(self.query(z_now), self.slot(z), starts_all)  # (B, T, E)
+        logits, values = self._heads(z_now, read)
+        return logits, values
+
+    def refresh_state(self, state: MemoryCache, prefix_obs: Tensor, prefix_starts: Tensor) -> MemoryCache:
+        """The cached keys and values recomputed from the last ``M`` steps under the current parameters."""
+        obs = prefix_obs.transpose(0, 1)  # (N, P, ...)
+        n, length = obs.shape[:2]
+        slots = self.slot(self.encoder(obs.flatten(0, 1))).view(n, length, -1)
+        return self.memory.fill(slots, state.valid)
 
 
 # --------------------------------------------------------------------------------------------------

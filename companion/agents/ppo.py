@@ -49,10 +49,12 @@ from companion.agents.actor_critic import (
     ActorCriticConfig,
     AttentionActorCritic,
     FeedForwardActorCritic,
+    MemoryActorCritic,
     RecurrentActorCritic,
 )
 
-__all__ = ["A2C", "PPO", "PPOAttention", "PPOAttentionConfig", "PPOConfig", "PPOLSTM", "PPOLSTMConfig", "ppo_loss"]
+__all__ = ["A2C", "PPO", "PPOAttention", "PPOAttentionConfig", "PPOConfig", "PPOLSTM", "PPOLSTMConfig", "PPOMemory",
+           "PPOMemoryConfig", "ppo_loss"]
 
 
 @dataclasses.dataclass
@@ -88,6 +90,22 @@ class PPOAttentionConfig(PPOConfig):
                              f"{self.context}, {self.num_layers}, {self.d_model}, {self.num_heads}")
         if self.attend not in ("both", "critic"):
             raise ValueError(f"attend must be 'both' or 'critic', got {self.attend!r}")
+
+
+@dataclasses.dataclass
+class PPOMemoryConfig(PPOConfig):
+    """PPO with an episodic memory read by attention (chapter 4): ``memory`` slots, one per past step."""
+
+    hidden: tuple[int, ...] = (64,)
+    d_model: int = 64
+    num_heads: int = 4
+    memory: int = 256  # M: how many past steps a read reaches back
+
+    def validate(self) -> None:
+        super().validate()
+        if self.memory < 1 or self.d_model % self.num_heads:
+            raise ValueError(f"need memory >= 1 and d_model a multiple of num_heads; got {self.memory}, "
+                             f"{self.d_model}, {self.num_heads}")
 
 
 def ppo_loss(logits: Tensor, values: Tensor, actions: Tensor, old_log_probs: Tensor, old_values: Tensor,
@@ -208,15 +226,8 @@ class PPOLSTM(PPO):
         return RecurrentActorCritic(obs_shape, n_actions, config)
 
 
-class PPOAttention(PPO):
-    """PPO whose torso attends over the last ``context`` steps; ``attend="critic"`` for the critic only."""
-
-    Config = PPOAttentionConfig
-    recurrent = True
-
-    @staticmethod
-    def make_network(obs_shape: tuple[int, ...], n_actions: int, config: Any) -> Any:
-        return AttentionActorCritic(obs_shape, n_actions, config)
+class _AttentionMaps:
+    """For agents whose network's ``step`` can return attention weights by lag (for :mod:`companion.viz`)."""
 
     def act_with_attention(self, obs: np.ndarray, state: Any, epsilon: float,
                            rng: np.random.Generator) -> tuple[int, Any, np.ndarray]:
@@ -226,3 +237,25 @@ class PPOAttention(PPO):
             logits, _, (state, weights) = self.net.step(self._obs(obs)[None], state, need_weights=True)
         action = int(rng.integers(self.n_actions)) if rng.random() < epsilon else int(logits[0].argmax())
         return action, state, weights[0].cpu().numpy()
+
+
+class PPOAttention(_AttentionMaps, PPO):
+    """PPO whose torso attends over the last ``context`` steps; ``attend="critic"`` for the critic only."""
+
+    Config = PPOAttentionConfig
+    recurrent = True
+
+    @staticmethod
+    def make_network(obs_shape: tuple[int, ...], n_actions: int, config: Any) -> Any:
+        return AttentionActorCritic(obs_shape, n_actions, config)
+
+
+class PPOMemory(_AttentionMaps, PPO):
+    """PPO whose actor and critic read an episodic memory of up to ``memory`` past steps (chapter 4)."""
+
+    Config = PPOMemoryConfig
+    recurrent = True
+
+    @staticmethod
+    def make_network(obs_shape: tuple[int, ...], n_actions: int, config: Any) -> Any:
+        return MemoryActorCritic(obs_shape, n_actions, config)
