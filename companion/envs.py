@@ -4,7 +4,8 @@ gymnasium 1.x loads no plugins by itself, so ALE ids (``ALE/Seaquest-v5``) resol
 ``import ale_py``, MinAtar ids (``MinAtar/Breakout-v1``) only after ``minatar.gym.register_envs()``,
 and popgym ids (``popgym-RepeatPreviousEasy-v0``) only after ``import popgym``. :func:`register_envs`
 does all three once, and :func:`make_env` calls it, so a reader never meets
-"Namespace ALE not found".
+"Namespace ALE not found". The course's own memory task (``CueRecall-v0``, ``CueRecall-D64-v0``, ...;
+:mod:`companion.memory_tasks`) is registered when this module is imported; it is in the "gym" family.
 
 :func:`make_env` builds the pipelines of chapter 2:
 
@@ -45,6 +46,8 @@ from gymnasium.wrappers import (
     TimeLimit,
 )
 
+from companion.memory_tasks import register_memory_tasks
+
 __all__ = [
     "EnvMismatchError",
     "EpisodeReplay",
@@ -73,10 +76,12 @@ class EnvMismatchError(ValueError):
 
 
 def register_envs() -> None:
-    """Register the ALE, MinAtar and popgym ids with gymnasium (idempotent, cheap after the first call)."""
+    """Register the ALE, MinAtar and popgym ids, and the course's own, with gymnasium (idempotent, cheap after the
+    first call)."""
     global _REGISTERED
     if _REGISTERED:
         return
+    register_memory_tasks()  # the course's own ids (also done on import; idempotent)
     for module_name in ENV_FAMILIES.values():
         try:
             module = importlib.import_module(module_name)
