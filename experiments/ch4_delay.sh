@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Chapter 4's delay sweep: which memory holds a cue across a corridor of D steps?
+# Task: CueRecall-D{D}-v0 (companion.memory_tasks), a passive T-maze: the cue at step 0, D corridor steps, the
+# decision at step D + 1 (+1 right, -1 wrong; chance 0, the best a memoryless agent can do). Episodes are D + 2
+# steps long, always.
+# Agents: chapter 3's on-policy family, one loop and one set of settings, only the torso differs:
+#   ppo          no memory: the current observation (the floor: chance at every delay)
+#   ppo-attn     self-attention over a window of the last K = 16 steps (holds the cue only while D + 2 <= 16)
+#   ppo-lstm     an LSTM cell, trained by backpropagation through the whole episode
+#   ppo-memory   an episodic memory of the last M = 1024 steps read by attention (the whole episode here)
+# Settings: the gym preset (RL-Zoo's CartPole PPO: 8 envs, 20 epochs, lr 1e-3 and clip 0.2 annealed, gamma 0.98,
+# lambda 0.8), except that a rollout is one episode per env (n_steps = D + 2) and one minibatch (batch_size =
+# 8 (D + 2)): every rollout then holds 8 whole episodes, so the LSTM's gradient reaches back to the cue and the
+# memory torsos re-read whole episodes. Every run gets the same number of episodes (decisions), 2000, whatever D:
+# env steps = 2000 (D + 2). Evaluation every 250 episodes, 50 episodes, the most likely action.
+# Runs are queued seed by seed, so a cut-off session still has every agent at the seeds it reached.
+# Finished runs are skipped. Usage: bash experiments/ch4_delay.sh [JOBS]   (default 2, one torch thread each)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+JOBS=${1:-2}
+SEEDS=${SEEDS:-"0 1 2"}
+DELAYS=${DELAYS:-"4 16 64 256"}
+EPISODES=2000
+AGENTS=("ppo-memory --set memory=1024:ppo-memory" "ppo-lstm:ppo-lstm" "ppo-attn:ppo-attn" "ppo:ppo")
+line() {  # line OUT ARGS...: one training command, unless OUT already finished
+  local out=$1; shift
+  [ -f "$out/meta.json" ] && grep -q '"finished"' "$out/meta.json" && return 0
+  echo "train $* --out $out"
+}
+{
+  for seed in $SEEDS; do
+    for delay in $DELAYS; do
+      length=$((delay + 2))
+      for agent in "${AGENTS[@]}"; do
+        line "results/ch4-delay/${agent##*:}/CueRecall-D$delay-v0/seed$seed" --algo ${agent%%:*} \
+          --env CueRecall-D$delay-v0 --seed "$seed" --steps $((EPISODES * length)) --set n_steps=$length \
+          --set batch_size=$((8 * length)) --set eval_every=$((250 * length)) --set eval_episodes=50
+      done
+    done
+  done
+} | xargs -P "$JOBS" -I{} sh -c "$PY -m companion {} --no-progress"
