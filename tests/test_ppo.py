@@ -613,3 +613,18 @@ def test_every_update_clips_the_gradient_norm(monkeypatch):
     rollout.advantages, rollout.returns = torch.randn(4, 2), torch.randn(4, 2)
     agent.update(rollout)
     assert norms == [0.5] * 6  # 3 epochs x 2 minibatches
+
+
+def test_lstm_forget_bias_sets_the_forget_gate_only():
+    default = _agent(PPOLSTM, lstm_size=8)
+    assert not default.net.cell.bias_ih.any() and not default.net.cell.bias_hh.any()  # CleanRL's zeros
+    agent = _agent(PPOLSTM, lstm_size=8, forget_bias=1.0)
+    bias = agent.net.cell.bias_ih.detach()  # gates (input, forget, cell, output), 8 each
+    torch.testing.assert_close(bias[8:16], torch.ones(8))
+    assert not bias[:8].any() and not bias[16:].any() and not agent.net.cell.bias_hh.any()
+    # The forget gate starts near sigmoid(1) = 0.73: an unchanged input keeps 73% of the cell, not half.
+    x, c = torch.zeros(1, agent.net.cell.input_size), torch.ones(1, 8)
+    _, c_next = agent.net.cell(x, (torch.zeros(1, 8), c))
+    gates = torch.nn.functional.linear(x, agent.net.cell.weight_ih, agent.net.cell.bias_ih)
+    assert torch.sigmoid(gates[0, 8:16]).sub(torch.sigmoid(torch.tensor(1.0))).abs().max() < 1e-6
+    assert (c_next - torch.sigmoid(torch.tensor(1.0))).abs().max() < 1e-6  # input gate 0.5 x tanh(0) = 0

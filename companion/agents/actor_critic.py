@@ -225,6 +225,9 @@ class RecurrentActorCritic(ActorCriticNet):
         self.cell = nn.LSTMCell(width, config.lstm_size)
         for name, param in self.cell.named_parameters():  # as CleanRL's ppo_atari_lstm
             nn.init.zeros_(param) if "bias" in name else nn.init.orthogonal_(param, 1.0)
+        if config.forget_bias:  # gates are (input, forget, cell, output): the second quarter is the forget gate's
+            size = config.lstm_size
+            nn.init.constant_(self.cell.bias_ih[size:2 * size], config.forget_bias)
         self.policy = _orthogonal(nn.Linear(config.lstm_size, n_actions), 0.01)
         self.value = _orthogonal(nn.Linear(config.lstm_size, 1), 1.0)
 

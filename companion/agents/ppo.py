@@ -68,6 +68,7 @@ class PPOLSTMConfig(PPOConfig):
 
     hidden: tuple[int, ...] = (64,)
     lstm_size: int = 128
+    forget_bias: float = 0.0  # the forget gate's initial bias (CleanRL's 0; 1 is Jozefowicz et al. 2015's advice)
 
 
 @dataclasses.dataclass
