@@ -8,11 +8,17 @@
 #   ppo-attn     self-attention over a window of the last K = 16 steps (holds the cue only while D + 2 <= 16)
 #   ppo-lstm     an LSTM cell, trained by backpropagation through the whole episode
 #   ppo-memory   an episodic memory of the last M = 1024 steps read by attention (the whole episode here)
-# Settings: the gym preset (RL-Zoo's CartPole PPO: 8 envs, 20 epochs, lr 1e-3 and clip 0.2 annealed, gamma 0.98,
-# lambda 0.8), except that a rollout is one episode per env (n_steps = D + 2) and one minibatch (batch_size =
-# 8 (D + 2)): every rollout then holds 8 whole episodes, so the LSTM's gradient reaches back to the cue and the
-# memory torsos re-read whole episodes. Every run gets the same number of episodes (decisions), 2000, whatever D:
-# env steps = 2000 (D + 2). Evaluation every 250 episodes, 50 episodes, the most likely action.
+# Settings: the gym preset (RL-Zoo's CartPole PPO: 8 envs, lr 1e-3 and clip 0.2 annealed, gamma 0.98, lambda 0.8),
+# except that a rollout is one episode per env (n_steps = D + 2) in one minibatch (batch_size = 8 (D + 2)), so that
+# every rollout holds 8 whole episodes: the LSTM's gradient reaches back to the cue and the memory torsos re-read
+# whole episodes; 4 epochs per rollout instead of 20 (20 passes over 8 decisions: in a pilot at D = 4 the window
+# agent learned, then fell back to one action for every cue; with 4 it held); and the LSTM's forget gate starts
+# at bias 1 (Jozefowicz et al. 2015; with CleanRL's 0 it keeps half its cell per step at first, and in a pilot at
+# D = 16 it stayed at chance for 4,000 episodes; with 1 it solved it within 500). The last section repeats the
+# LSTM at D = 16 with bias 0, to show that. Every run gets the same number of episodes (decisions), 2000,
+# whatever D: env steps = 2000 (D + 2). Evaluation every 250 episodes, 50 episodes, the most likely action.
+# Off-policy, at D = 4 and 16 only: DRQN (chapter 2) and SA-DQN (chapter 7) with their presets learn from random
+# windows of 16 steps (DRQN from a zero state), so no window holds both the cue and the decision once D + 2 > 16.
 # Runs are queued seed by seed, so a cut-off session still has every agent at the seeds it reached.
 # Finished runs are skipped. Usage: bash experiments/ch4_delay.sh [JOBS]   (default 2, one torch thread each)
 set -euo pipefail
@@ -22,7 +28,7 @@ JOBS=${1:-2}
 SEEDS=${SEEDS:-"0 1 2"}
 DELAYS=${DELAYS:-"4 16 64 256"}
 EPISODES=2000
-AGENTS=("ppo-memory --set memory=1024:ppo-memory" "ppo-lstm:ppo-lstm" "ppo-attn:ppo-attn" "ppo:ppo")
+AGENTS=("ppo-memory --set memory=1024:ppo-memory" "ppo-lstm --set forget_bias=1:ppo-lstm" "ppo-attn:ppo-attn" "ppo:ppo")
 line() {  # line OUT ARGS...: one training command, unless OUT already finished
   local out=$1; shift
   [ -f "$out/meta.json" ] && grep -q '"finished"' "$out/meta.json" && return 0
@@ -35,8 +41,22 @@ line() {  # line OUT ARGS...: one training command, unless OUT already finished
       for agent in "${AGENTS[@]}"; do
         line "results/ch4-delay/${agent##*:}/CueRecall-D$delay-v0/seed$seed" --algo ${agent%%:*} \
           --env CueRecall-D$delay-v0 --seed "$seed" --steps $((EPISODES * length)) --set n_steps=$length \
-          --set batch_size=$((8 * length)) --set eval_every=$((250 * length)) --set eval_episodes=50
+          --set batch_size=$((8 * length)) --set n_epochs=4 --set eval_every=$((250 * length)) --set eval_episodes=50
       done
     done
+  done
+  for seed in $SEEDS; do  # off-policy: chapter 2's DRQN and chapter 7's SA-DQN (16-step windows), presets as there
+    for delay in 4 16; do
+      length=$((delay + 2))
+      for agent in drqn sadqn; do
+        line "results/ch4-delay/$agent/CueRecall-D$delay-v0/seed$seed" --algo $agent --env CueRecall-D$delay-v0 \
+          --seed "$seed" --steps $((EPISODES * length)) --set eval_every=$((250 * length)) --set eval_episodes=50
+      done
+    done
+  done
+  for seed in $SEEDS; do  # the LSTM with CleanRL's forget bias 0
+    line "results/ch4-delay/ppo-lstm-fb0/CueRecall-D16-v0/seed$seed" --algo ppo-lstm --env CueRecall-D16-v0 \
+      --seed "$seed" --steps $((EPISODES * 18)) --set n_steps=18 --set batch_size=144 --set n_epochs=4 \
+      --set eval_every=4500 --set eval_episodes=50
   done
 } | xargs -P "$JOBS" -I{} sh -c "$PY -m companion {} --no-progress"
