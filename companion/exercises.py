@@ -1,4 +1,4 @@
-"""Self-check functions for the exercises of chapters 1 (attention) and 3 (actor-critic).
+"""Self-check functions for the exercises of chapters 1 (attention), 3 (actor-critic) and 4 (memory).
 
 Each ``check_*`` function runs the reader's function on random inputs, compares it with the
 companion's implementation, prints a one-line verdict, and returns ``True`` when it is right. When it
@@ -10,14 +10,16 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from companion.attention import causal_mask, scaled_dot_product_attention, window_mask
 from companion.buffers import gae
 
-__all__ = ["check_attention", "check_causal_mask", "check_clipped_objective", "check_gae", "check_masked_attention",
-           "check_split_heads", "check_window_mask"]
+__all__ = ["check_attention", "check_causal_mask", "check_clipped_objective", "check_gae", "check_is_weights",
+           "check_masked_attention", "check_memory_mask", "check_split_heads", "check_sum_tree_find",
+           "check_window_mask"]
 
 
 def _close(a: object, b: Tensor) -> bool:
@@ -229,3 +231,125 @@ def check_clipped_objective(fn: Callable[[Tensor, Tensor, float], object]) -> bo
                 -(clipped * adv).mean(),
                 "the advantage is clipped instead of the ratio": -(ratio * adv.clamp(0.8, 1.2)).mean()}
     return _verdict("check_clipped_objective", _as_tensor(result), expected, mistakes)
+
+
+# --------------------------------------------------------------------------------------------------
+# Chapter 4: prioritized replay and the episodic memory
+# --------------------------------------------------------------------------------------------------
+def _sum_tree(leaves: np.ndarray) -> np.ndarray:
+    """The layout of the exercise: ``tree[1]`` is the root, node ``i`` has children ``2i`` and ``2i + 1``, and the
+    ``n`` leaves (``n`` a power of two) are ``tree[n:2n]``; ``tree[0]`` is unused."""
+    n = len(leaves)
+    tree = np.zeros(2 * n)
+    tree[n:] = leaves
+    for i in range(n - 1, 0, -1):
+        tree[i] = tree[2 * i] + tree[2 * i + 1]
+    return tree
+
+
+def check_sum_tree_find(fn: Callable[[np.ndarray, float], object]) -> bool:
+    """Check ``fn(tree, u) -> leaf index``: descend a sum tree (layout of :func:`_sum_tree`) to the leaf ``i`` whose
+    interval ``[c_{i-1}, c_i)`` of the cumulative priorities holds ``u``, for ``0 <= u < tree[1]``."""
+    rng = np.random.default_rng(0)
+    cases = []
+    for n in (4, 8, 16):
+        leaves = rng.integers(0, 5, size=n).astype(float)  # integer priorities: u can sit exactly on a boundary
+        leaves[0] = max(leaves[0], 1.0)
+        cumulative = np.cumsum(leaves)
+        tree = _sum_tree(leaves)
+        boundaries = [c for c in cumulative[:-1] if c < tree[1]]
+        for u in [*rng.uniform(0, tree[1], size=6), *boundaries]:  # inside intervals, and on boundaries
+            cases.append((tree, float(u), int(np.searchsorted(cumulative, u, side="right"))))
+    for tree, u, expected in cases:
+        result, error = _run("check_sum_tree_find", fn, tree.copy(), u)
+        if error:
+            print(error)
+            return False
+        if not isinstance(result, int | np.integer):
+            print(f"check_sum_tree_find: expected an int (a leaf index), got {type(result).__name__}.")
+            return False
+        if int(result) == expected:
+            continue
+        n = len(tree) // 2
+        leaves = tree[n:]
+        cumulative = np.cumsum(leaves)
+        if int(result) == expected + n:
+            hint = "the node's index in the tree array, not the leaf's: subtract n (the leaves are tree[n:2n])"
+        elif int(result) == int(np.searchsorted(cumulative, u, side="left")):
+            hint = ("u on a boundary goes to the left: a leaf's interval is [c_(i-1), c_i), so go left only when "
+                    "u < tree[left]")
+        else:
+            hint = "you forgot to subtract the left child's sum when going right" if u >= tree[2] else ""
+        print(f"check_sum_tree_find: not yet (u = {u:g}, leaves {leaves.tolist()}: expected leaf {expected}, got "
+              f"{int(result)}){'. It looks like ' + hint if hint else ''}.")
+        return False
+    print("check_sum_tree_find: correct.")
+    return True
+
+
+def check_is_weights(fn: Callable[[np.ndarray, np.ndarray, float], object]) -> bool:
+    """Check ``fn(priorities, indices, beta) -> weights``: prioritized replay's importance-sampling weights for the
+    sampled ``indices`` of a buffer whose ``N`` entries have ``priorities`` (already ``p_i^alpha``):
+    ``w_i = (N P(i))^-beta / max_j w_j`` with ``P(i) = p_i / sum_k p_k`` and the max over the whole buffer."""
+    priorities = np.array([0.5, 2.0, 1.0, 4.0, 0.25, 1.5])
+    indices = np.array([1, 3, 3, 2])
+    result, error = _run("check_is_weights", fn, priorities.copy(), indices.copy(), 0.6)
+    if error:
+        print(error)
+        return False
+    probs = priorities / priorities.sum()
+    raw = (len(priorities) * probs) ** -0.6
+    expected = raw[indices] / raw.max()
+    mistakes = {"the weights are normalised by the batch's largest weight, not the buffer's: then a batch "
+                "without the rarest entry scales every weight up": raw[indices] / raw[indices].max(),
+                "the exponent has the wrong sign: frequent entries must weigh less, (N P)^-beta":
+                (len(priorities) * probs[indices]) ** 0.6 / ((len(priorities) * probs) ** 0.6).max(),
+                "the weights are not normalised (divide by the largest, so that they only scale the step down)":
+                raw[indices]}
+    result = np.asarray(result, dtype=float) if isinstance(result, np.ndarray | list | tuple) else result
+    if not isinstance(result, np.ndarray) or result.shape != expected.shape:
+        print(f"check_is_weights: expected an array of shape {expected.shape}, got {result!r}.")
+        return False
+    if np.allclose(result, expected):
+        print("check_is_weights: correct.")
+        return True
+    for hint, wrong in mistakes.items():
+        if np.allclose(result, wrong):
+            print(f"check_is_weights: not yet. It looks like {hint}.")
+            return False
+    print(f"check_is_weights: not yet; expected {np.round(expected, 4).tolist()}, got {np.round(result, 4).tolist()}.")
+    return False
+
+
+def check_memory_mask(fn: Callable[[Tensor, int], object]) -> bool:
+    """Check ``fn(starts, M) -> (S, S)`` booleans: step ``i`` may read the memory slot of step ``j`` when ``j`` is one
+    of the ``M`` steps *before* ``i`` (``1 <= i - j <= M``), of the same episode (``starts`` ``(S,)`` marks each
+    episode's first step)."""
+    starts = torch.tensor([True, False, False, False, False, True, False, False, False, False])
+    result, error = _run("check_memory_mask", fn, starts, 3)
+    if error:
+        print(error)
+        return False
+    expected = window_mask(starts[None], 4, min_lag=1)[0, 0]
+    if not isinstance(result, Tensor) or result.shape != expected.shape or result.dtype != torch.bool:
+        print(f"check_memory_mask: expected a boolean tensor of shape {tuple(expected.shape)}, got "
+              f"{getattr(result, 'dtype', type(result).__name__)} {tuple(getattr(result, 'shape', ()))}.")
+        return False
+    if bool((result & ~causal_mask(10)).any()):
+        print("check_memory_mask: not yet. A step reads a later one: the future leaks into the memory (keep j < i).")
+        return False
+    lag = torch.arange(10)[:, None] - torch.arange(10)[None, :]
+    same = window_mask(starts[None], 10)[0, 0]
+    mistakes = {"the step reads its own slot (lag 0): the memory holds the steps before it, and the current "
+                "observation reaches the heads directly": (lag >= 0) & (lag <= 3) & same,
+                "the memory is one step too short: lags 1 .. M make M slots": (lag >= 1) & (lag < 3) & same,
+                "the memory crosses the episode start: a new episode reads the last one": (lag >= 1) & (lag <= 3)}
+    if torch.equal(result, expected):
+        print("check_memory_mask: correct.")
+        return True
+    for hint, wrong in mistakes.items():
+        if torch.equal(result, wrong):
+            print(f"check_memory_mask: not yet. It looks like {hint}.")
+            return False
+    print("check_memory_mask: not yet; compare your mask with the rule above, row by row.")
+    return False

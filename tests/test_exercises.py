@@ -105,3 +105,72 @@ def test_check_clipped_objective(capsys):
     assert "sign is flipped" in capsys.readouterr().out
     assert not check_clipped_objective(lambda r, a, e: -torch.max(r * a, r.clamp(1 - e, 1 + e) * a).mean())
     assert "max instead of min" in capsys.readouterr().out
+
+
+# -- chapter 4 ---------------------------------------------------------------------------------------
+def _descend(tree, u, go_left_on_equal=False, subtract=True, leaf_index=True):
+    n, i = len(tree) // 2, 1
+    while i < n:
+        left = 2 * i
+        if u < tree[left] or (go_left_on_equal and u == tree[left]):
+            i = left
+        else:
+            if subtract:
+                u -= tree[left]
+            i = left + 1
+    return i - n if leaf_index else i
+
+
+def test_check_sum_tree_find(capsys):
+    from companion.exercises import check_sum_tree_find
+
+    assert check_sum_tree_find(_descend)
+    assert not check_sum_tree_find(lambda t, u: _descend(t, u, leaf_index=False))
+    assert "subtract n" in capsys.readouterr().out
+    assert not check_sum_tree_find(lambda t, u: _descend(t, u, go_left_on_equal=True))
+    assert "boundary goes to the left" in capsys.readouterr().out
+    assert not check_sum_tree_find(lambda t, u: _descend(t, u, subtract=False))
+    assert "subtract the left child" in capsys.readouterr().out
+    assert not check_sum_tree_find(lambda t, u: float(_descend(t, u)))
+    assert "expected an int" in capsys.readouterr().out
+
+
+def test_check_is_weights(capsys):
+    import numpy as np
+
+    from companion.exercises import check_is_weights
+
+    def right(priorities, indices, beta):
+        probs = priorities / priorities.sum()
+        raw = (len(priorities) * probs) ** -beta
+        return raw[indices] / raw.max()
+
+    assert check_is_weights(right)
+    assert not check_is_weights(lambda p, i, b: right(p, i, b) * right(p, np.arange(len(p)), b).max()
+                                / right(p, i, b).max())
+    assert "batch's largest weight" in capsys.readouterr().out
+    assert not check_is_weights(lambda p, i, b: right(p, i, -b))
+    assert "wrong sign" in capsys.readouterr().out
+    assert not check_is_weights(lambda p, i, b: (len(p) * p[i] / p.sum()) ** -b)
+    assert "not normalised" in capsys.readouterr().out
+
+
+def test_check_memory_mask(capsys):
+    from companion.exercises import check_memory_mask
+
+    def mask(starts, M, low=1, high=None, same_episode=True):
+        high = M if high is None else high
+        lag = torch.arange(len(starts))[:, None] - torch.arange(len(starts))[None, :]
+        episode = starts.long().cumsum(0)
+        same = episode[:, None] == episode[None, :] if same_episode else torch.ones_like(lag, dtype=torch.bool)
+        return (lag >= low) & (lag <= high) & same
+
+    assert check_memory_mask(mask)
+    assert not check_memory_mask(lambda s, M: mask(s, M, low=0))
+    assert "its own slot" in capsys.readouterr().out
+    assert not check_memory_mask(lambda s, M: mask(s, M, low=-1))
+    assert "future leaks" in capsys.readouterr().out
+    assert not check_memory_mask(lambda s, M: mask(s, M, high=M - 1))
+    assert "one step too short" in capsys.readouterr().out
+    assert not check_memory_mask(lambda s, M: mask(s, M, same_episode=False))
+    assert "crosses the episode start" in capsys.readouterr().out
