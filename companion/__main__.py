@@ -22,6 +22,11 @@ from pathlib import Path
 from companion.budget import BUDGETS, BudgetError
 
 
+#: the --algo help (companion.agents.AGENTS is not imported here: it loads torch, and --help should be quick)
+ALGO_HELP = ("off-policy (replay): dqn, drqn, darqn, sadqn, sadqn-entity, nec; "
+             "on-policy (rollouts): ppo, a2c, ppo-lstm, ppo-attn, ppo-memory")
+
+
 def _overrides(pairs: list[str]) -> dict[str, str]:
     result = {}
     for pair in pairs:
@@ -48,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = commands.add_parser("train", help="train an agent and write a run directory")
-    train.add_argument("--algo", required=True, help="dqn, drqn, darqn, sadqn or sadqn-entity")
+    train.add_argument("--algo", required=True, help=ALGO_HELP)
     train.add_argument("--env", required=True,
                        help="a gymnasium id: CartPole-v1, MinAtar/Breakout-v1, ALE/Pong-v5, ...")
     train.add_argument("--seed", type=int, default=0)

@@ -445,7 +445,8 @@ class EpisodicMemory(nn.Module):
     ``(o_t, a_{t-1}, r_{t-1})``, say). A read at step ``t`` is multi-head attention from a query ``q_t`` over the
     slots of steps ``t - M .. t - 1`` of the same episode: the past only, at most ``M = capacity`` steps back,
     keys and values projected from the slots (``k_j = W_k m_j``, ``v_j = W_v m_j``). At an episode's first step
-    there is nothing to read, and the read is zero (:func:`masked_softmax`'s convention).
+    there is nothing to read: the heads read zeros (:func:`masked_softmax`'s convention), so the read is the
+    output projection's bias.
 
     Acting keeps a :class:`MemoryCache` of the projected keys and values, so a step projects its own slot once
     and reads ``M`` cached ones: ``O(M)`` per step, with no pass over the episode. Learning reads a whole

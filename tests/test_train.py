@@ -151,6 +151,14 @@ def test_cli_bad_input_is_one_line(tmp_path):
         assert proc.stderr.strip().count("\n") == 0 and expected in proc.stderr, proc.stderr
 
 
+def test_cli_algo_help_names_every_registered_agent():
+    from companion.__main__ import ALGO_HELP
+    from companion.agents import AGENTS
+
+    named = {name.strip() for part in ALGO_HELP.split(";") for name in part.split(":")[1].split(",")}
+    assert set(AGENTS) <= named, set(AGENTS) - named
+
+
 @pytest.mark.slow
 def test_dqn_learns_cartpole_at_the_quick_budget(tmp_path):
     # Seeded check with an honest margin: a random policy scores about 22. Measured at the quick
