@@ -19,6 +19,10 @@
 # whatever D: env steps = 2000 (D + 2). Evaluation every 250 episodes, 50 episodes, the most likely action.
 # Off-policy, at D = 4 and 16 only: DRQN (chapter 2) and SA-DQN (chapter 7) with their presets learn from random
 # windows of 16 steps (DRQN from a zero state), so no window holds both the cue and the decision once D + 2 > 16.
+# Last, 8,000 episodes at D = 64 for ppo-memory and ppo-lstm (results/ch4-delay-8000; LONG=0 skips them): at 2,000
+# episodes every agent was at chance there, while a pilot of ppo-memory with 8,000 solved it by episode 1,000 (the
+# learning rate anneals over the run, so a longer run also keeps a larger rate for longer). The window and the
+# memoryless agent are not run longer: at D + 2 > 16 their input at the decision is the same whatever the cue.
 # Runs are queued seed by seed, so a cut-off session still has every agent at the seeds it reached.
 # Finished runs are skipped. Usage: bash experiments/ch4_delay.sh [JOBS]   (default 2, one torch thread each)
 set -euo pipefail
@@ -59,4 +63,13 @@ line() {  # line OUT ARGS...: one training command, unless OUT already finished
       --seed "$seed" --steps $((EPISODES * 18)) --set n_steps=18 --set batch_size=144 --set n_epochs=4 \
       --set eval_every=4500 --set eval_episodes=50
   done
+  if [ "${LONG:-1}" = 1 ]; then  # 8,000 episodes at D = 64 for the two torsos whose input can carry the cue
+    for seed in $SEEDS; do
+      for agent in "ppo-memory --set memory=1024:ppo-memory" "ppo-lstm --set forget_bias=1:ppo-lstm"; do
+        line "results/ch4-delay-8000/${agent##*:}/CueRecall-D64-v0/seed$seed" --algo ${agent%%:*} \
+          --env CueRecall-D64-v0 --seed "$seed" --steps $((8000 * 66)) --set n_steps=66 --set batch_size=528 \
+          --set n_epochs=4 --set eval_every=$((500 * 66)) --set eval_episodes=50
+      done
+    done
+  fi
 } | xargs -P "$JOBS" -I{} sh -c "$PY -m companion {} --no-progress"
