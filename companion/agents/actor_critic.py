@@ -163,6 +163,14 @@ class ActorCriticNet(nn.Module):
         """The state of the envs in ``index``."""
         return state
 
+    def state_to_save(self, state: Any) -> Any:
+        """The state as tensors, tuples and lists only, so that a checkpoint loads with ``weights_only=True``."""
+        return state
+
+    def state_from_saved(self, saved: Any) -> Any:
+        """The inverse of :meth:`state_to_save`."""
+        return saved
+
     def refresh_state(self, state: Any, prefix_obs: Tensor, prefix_starts: Tensor) -> Any:
         """The state recomputed under the current parameters from the last ``history_prefix`` steps
         ``(P, N, ...)``, after an update changed them (a cache of keys and values would be stale). An
@@ -415,6 +423,12 @@ class MemoryActorCritic(ActorCriticNet):
     def select_state(self, state: MemoryCache, index: Tensor) -> MemoryCache:
         return state.select(index)
 
+    def state_to_save(self, state: MemoryCache) -> tuple[Tensor, Tensor, Tensor]:
+        return tuple(state)  # a plain tuple: torch.load(weights_only=True) rebuilds no class of ours
+
+    def state_from_saved(self, saved: tuple[Tensor, Tensor, Tensor]) -> MemoryCache:
+        return MemoryCache(*saved)
+
     def _heads(self, z: Tensor, read: Tensor) -> tuple[Tensor, Tensor]:
         h = self.torso(torch.cat([z, read], dim=-1))
         return self.policy(h), self.value(h).squeeze(-1)
@@ -515,6 +529,13 @@ class ActorCriticAgent(Agent):
 
     def select_state(self, state: Any, index: np.ndarray) -> Any:
         return self.net.select_state(state, torch.as_tensor(index, device=self.device))
+
+    def state_to_save(self, state: Any) -> Any:
+        """The acting state as a checkpoint holds it (:meth:`ActorCriticNet.state_to_save`)."""
+        return self.net.state_to_save(state)
+
+    def state_from_saved(self, saved: Any) -> Any:
+        return self.net.state_from_saved(saved)
 
     def refresh_state(self, state: Any, prefix_obs: Tensor, prefix_starts: Tensor) -> Any:
         """After an update: the acting state recomputed under the new parameters where it can be

@@ -118,7 +118,8 @@ def run(ctx: LoopContext) -> LoopResult:
         step, episodes, env_episode = int(saved["step"]), int(saved["episodes"]), list(saved["env_episode"])
         actions, values, rewards = saved["actions"], saved["values"], saved["rewards"]
         returns, lengths, starts = list(saved["returns"]), list(saved["lengths"]), np.array(saved["starts"])
-        state, prefix_obs, prefix_starts = saved["agent_state"], saved["prefix_obs"], saved["prefix_starts"]
+        state, prefix_obs, prefix_starts = (agent.state_from_saved(saved["agent_state"]), saved["prefix_obs"],
+                                            saved["prefix_starts"])
         tracker.sums = dict(saved["critic"])
         log.load(json.loads(saved["update_log"]))
     seeds = [episode_seed(ctx.seed, env_episode[i], stream=ENV_STREAM + i) for i in range(n)]
@@ -127,7 +128,7 @@ def run(ctx: LoopContext) -> LoopResult:
     def save() -> None:
         ctx.checkpoint({"step": step, "episodes": episodes, "env_episode": env_episode, "actions": actions,
                         "values": values, "rewards": rewards, "returns": returns, "lengths": lengths,
-                        "starts": starts.tolist(), "agent_state": state, "prefix_obs": prefix_obs,
+                        "starts": starts.tolist(), "agent_state": agent.state_to_save(state), "prefix_obs": prefix_obs,
                         "prefix_starts": prefix_starts, "critic": tracker.sums,
                         "update_log": json.dumps(log.state())}, None)
 
