@@ -11,6 +11,7 @@ from companion.agents.base import Agent, QAgent, QLearningConfig
 from companion.agents.darqn import DARQN, DARQNConfig
 from companion.agents.dqn import DQN, DQNConfig
 from companion.agents.drqn import DRQN, DRQNConfig
+from companion.agents.nec import NEC, NECConfig
 from companion.agents.ppo import (
     A2C,
     PPO,
@@ -27,9 +28,9 @@ from companion.agents.sadqn import SADQN, EntitySADQN, SADQNConfig
 #: name used on the command line -> agent class
 AGENTS: dict[str, type[Agent]] = {"dqn": DQN, "drqn": DRQN, "darqn": DARQN, "sadqn": SADQN,
                                   "sadqn-entity": EntitySADQN, "ppo": PPO, "a2c": A2C, "ppo-lstm": PPOLSTM,
-                                  "ppo-attn": PPOAttention, "ppo-memory": PPOMemory}
+                                  "ppo-attn": PPOAttention, "ppo-memory": PPOMemory, "nec": NEC}
 
-__all__ = ["A2C", "AGENTS", "DARQN", "DQN", "DRQN", "PPO", "PPOLSTM", "SADQN", "ActorCriticAgent",
-           "ActorCriticConfig", "Agent", "DARQNConfig", "DQNConfig", "DRQNConfig", "EntitySADQN", "PPOAttention",
-           "PPOAttentionConfig", "PPOConfig", "PPOLSTMConfig", "PPOMemory", "PPOMemoryConfig", "QAgent",
+__all__ = ["A2C", "AGENTS", "DARQN", "DQN", "DRQN", "NEC", "PPO", "PPOLSTM", "SADQN", "ActorCriticAgent",
+           "ActorCriticConfig", "Agent", "DARQNConfig", "DQNConfig", "DRQNConfig", "EntitySADQN", "NECConfig",
+           "PPOAttention", "PPOAttentionConfig", "PPOConfig", "PPOLSTMConfig", "PPOMemory", "PPOMemoryConfig", "QAgent",
            "QLearningConfig", "SADQNConfig"]
