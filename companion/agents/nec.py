@@ -426,10 +426,14 @@ class NEC(Agent):
                            seed=seed)
 
     def act(self, obs: np.ndarray, state: Any, epsilon: float, rng: np.random.Generator) -> tuple[int, Any]:
+        """Epsilon-greedy on ``Q(s, .)``. The lookup marks no slot as used: the harness evaluates with this same
+        method, and an evaluation must not change what the agent learns. In training the same neighbours are
+        marked anyway: from an episode's ``N``-th step on, the N-step bootstrap (:meth:`bootstrap_value`) has just
+        looked up this same observation, and replayed batches look up the rest."""
         if rng.random() < epsilon:
             return int(rng.integers(self.n_actions)), state
         with torch.no_grad():
-            q = self.net(torch.as_tensor(obs, device=self.device).unsqueeze(0), touch=True)  # (1, A)
+            q = self.net(torch.as_tensor(obs, device=self.device).unsqueeze(0), touch=False)  # (1, A)
         return int(q.argmax(1)), state
 
     def set_step(self, step: int) -> None:
