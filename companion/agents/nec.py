@@ -125,6 +125,9 @@ class _GatherRows(torch.autograd.Function):
         return torch.sparse_coo_tensor(flat[None], rows, ctx.table_shape, check_invariants=False), None
 
 
+_MATCH_CANDIDATES = 8  # nearest keys whose exact distance a write checks against the tolerance
+
+
 class DND(nn.Module):
     """A differentiable neural dictionary: ``capacity`` slots of a key ``(key_dim,)`` and a value.
 
@@ -195,9 +198,13 @@ class DND(nn.Module):
                 n = len(self)
                 self.clock += 1
                 if n:
-                    _, candidate = self.nearest(key[None], 1)
-                    j = int(candidate[0, 0])
-                    if float((self.keys[j] - key).pow(2).sum()) <= self.tolerance:  # exact distance to decide
+                    # The expansion in nearest() ranks with a rounding error of about 1e-7 (||h||^2 + ||h_i||^2),
+                    # which can exceed the tolerance: rank a few candidates that way, decide on exact distances.
+                    _, candidates = self.nearest(key[None], _MATCH_CANDIDATES)
+                    exact = (self.keys[candidates[0]] - key).pow(2).sum(1)  # (candidates,)
+                    best = int(exact.argmin())
+                    if float(exact[best]) <= self.tolerance:
+                        j = int(candidates[0, best])
                         self.values[j] += self.alpha * (value - self.values[j])
                         self.last_used[j] = self.clock
                         continue
