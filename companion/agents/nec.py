@@ -97,9 +97,15 @@ class NECConfig(QLearningConfig):
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 < self.tabular_lr <= 1:
             raise ValueError(f"tabular_lr must lie in (0, 1], got {self.tabular_lr}")
-        if self.kernel_delta <= 0 or self.key_tolerance < 0:
-            raise ValueError(f"need kernel_delta > 0 and key_tolerance >= 0, got {self.kernel_delta}, "
-                             f"{self.key_tolerance}")
+        if self.kernel_delta <= 0:
+            raise ValueError(f"kernel_delta must be > 0 (the kernel 1 / (d^2 + delta) is infinite at a stored key "
+                             f"without it), got {self.kernel_delta}")
+        if self.key_tolerance < 0:
+            raise ValueError(f"key_tolerance must be >= 0 (a squared distance), got {self.key_tolerance}")
+        if self.dnd_lr <= 0:
+            raise ValueError(f"dnd_lr must be > 0, got {self.dnd_lr}")
+        if not 0 <= self.gamma <= 1:
+            raise ValueError(f"gamma must lie in [0, 1], got {self.gamma}")
         if self.learning_starts < self.n_step:
             raise ValueError(f"learning_starts ({self.learning_starts}) must be >= n_step ({self.n_step}): "
                              "the replay holds nothing before the first N-step return is known")
