@@ -11,46 +11,64 @@ the value of a state as soon as its return is known, not one bootstrap at a time
 (and the stored keys and values) are then refined by gradient descent on replayed returns. There is no
 target network: the regression targets are N-step returns fixed when they are written.
 
+Chapter 4 sets NEC beside a popular "memory-augmented DQN" update,
+``Q <- Q + alpha [r + gamma sum_i w_i Q(s_{t+1}, a') - Q]`` with attention weights ``w_i`` over replay
+entries, which mixes other transitions' next-state values into this transition's target. NEC's read is a
+weighted average too (its weights are normalised kernel similarities of keys, as softmax weights are
+normalised exponentiated scores), but what it averages are returns observed after taking ``a`` in similar
+states: an estimate of ``Q(s, a)`` itself, written with rewards and regressed on N-step returns. What
+makes it a value is what is stored and what it learns against, not the weighting.
+
 Implementation details:
 
-1. Embedding: an encoder from :mod:`companion.networks` and a linear layer to ``key_dim`` (no activation),
-   ``h(s)``. The paper uses DQN's convolutional torso on Atari with keys of 128.
-2. :class:`DND`, one per action: ``capacity`` slots of a key and a value (the paper: 5e5 per action on
-   Atari), a write pointer, and a "last used" clock per slot. A lookup finds the ``p = num_neighbors``
-   nearest keys by squared Euclidean distance (paper: 50) and averages their values with the inverse-distance
-   kernel above (paper: ``delta = 1e-3``). The search is **exact and brute force**: one ``(B, n)`` distance
-   matrix by a matmul, ``O(B n key_dim)`` per lookup, then ``topk`` (CartPole with 25k keys of 64: 1.6M
-   multiply-adds per query, well under a millisecond). The paper uses approximate kd-trees, needed at 5e5
-   keys of 128 per action and 18 actions; we scale the Atari preset's memory down instead (item 9).
+1. Embedding: an encoder from :mod:`companion.networks` and a linear layer to ``key_dim`` (no activation):
+   ``h(s)``, ``(B, *obs_shape) -> (B, key_dim)``. The paper uses DQN's convolutional torso on Atari with
+   keys of 128.
+2. :class:`DND`, one per action: ``capacity`` slots of a key ``(key_dim,)`` and a scalar value (the paper:
+   5e5 per action on Atari), a fill count, and a "last used" clock per slot. A lookup finds the
+   ``p = num_neighbors`` nearest keys by squared Euclidean distance (paper: 50) and averages their values
+   with the inverse-distance kernel above (paper: ``delta = 1e-3``); with fewer than ``p`` entries it
+   averages all of them, and an empty DND reads 0. The search is **exact and brute force**: one ``(B, n)``
+   distance matrix by a matmul, ``O(B n key_dim)`` per lookup, then ``topk`` (CartPole with 25k keys of 64:
+   1.6M multiply-adds per query, well under a millisecond). The paper uses approximate kd-trees, needed at
+   5e5 keys of 128 per action and 18 actions; we scale the Atari preset's memory down instead (item 9).
 3. The lookup is differentiable in the query ``h``, in the neighbours' keys and in their values: the
    ``p`` selected rows are gathered with **sparse gradients**, and the keys and values are trained by
-   :class:`torch.optim.SparseAdam` (lazy Adam: only the rows a batch touched move, which costs ``O(B p)``
-   rather than ``O(capacity)`` per step). Where a slot is overwritten, its Adam moments are reset, since
-   it holds a new entry.
-4. Writes: ``(h(s_t), G_t)`` goes to ``DND_{a_t}``. If a key within ``key_tolerance`` (squared distance)
-   is already there, its value takes the tabular step ``v <- v + alpha (G - v)`` (paper: ``alpha = 0.1``);
-   otherwise the pair is appended, replacing the **least recently used** slot once the DND is full. A slot
-   is "used" when a lookup returns it among the ``p`` neighbours (acting, bootstrapping, learning, and also
-   evaluation, which calls the same ``act``) or when it is written. The paper matches repeated states by
-   their key in the kd-tree; the original code (per Kaixhin/EC, which reproduces it) hashes the state.
+   :class:`torch.optim.SparseAdam` (lazy Adam: only the rows a batch read move, ``O(B p)`` rather than
+   ``O(capacity)`` per step). Where a slot is given a new entry, its Adam moments are reset (SparseAdam
+   counts steps per tensor, so such a row's first steps are as large as those of a row read for the first
+   time: up to ``(1 - beta1) / sqrt(1 - beta2)``, about 3, times ``dnd_lr``).
+4. Writes: ``(h(s_t), G_t)`` goes to ``DND_{a_t}``. If a key within ``key_tolerance`` (squared distance,
+   decided on exact distances) is already there, its value takes the tabular step
+   ``v <- v + alpha (G - v)`` (paper: ``alpha = 0.1``); otherwise the pair is appended, replacing the
+   **least recently used** slot once the DND is full. A slot is "used" when it is written, and when a
+   training lookup returns it among the ``p`` neighbours: the N-step bootstrap, and the replayed batches.
+   Acting reads without marking, because the harness evaluates with the same :meth:`NEC.act`, and an
+   evaluation must not change what the agent learns (in training, the bootstrap of the same observation
+   has just marked the same neighbours). The paper updates an entry when "the key is already present";
+   with a learned embedding that drifts between writes, an exact repeat needs an identical state seen under
+   the same weights, so on CartPole nearly every write appends.
 5. Targets: N-step returns ``G_t = sum_{j<N} gamma^j r_{t+j} + gamma^N max_a Q(s_{t+N}, a)`` (paper:
    ``N = 100``), with no bootstrap past a termination; a time limit (truncation) bootstraps from its final
-   observation with the steps that remain. The off-policy loop only calls ``buffer.add``, so
-   :class:`NStepReplay` keeps the last ``N`` transitions of the episode, and calls back into the agent for
+   observation with the power of ``gamma`` that remains. The off-policy loop only calls ``buffer.add``, so
+   :class:`NStepReplay` keeps the episode's last ``N`` transitions, and calls back into the agent for
    ``max_a Q(s_{t+N}, a)`` and to write ``(s_t, a_t, G_t)`` into ``DND_{a_t}`` as soon as ``G_t`` is known
    (after ``N`` steps, or at the episode's end). The key is computed then, by the embedding of that
-   moment; the paper stores the embedding computed when it acted, ``N`` steps (and a few updates) earlier.
+   moment; the paper appends the embedding computed when it acted, ``N`` steps (and a few updates) earlier.
 6. Learning: replay of ``(s_t, a_t, G_t)`` (the return is fixed when written, as in the paper); every
-   ``train_freq`` env steps a batch of 32 (paper) minimises ``(Q(s_t, a_t) - G_t)^2`` (``loss="mse"``;
+   ``train_freq`` env steps a batch of 32 (paper) minimises ``(Q(s_t, a_t) - G_t)^2`` (``loss="mse"``,
    the paper's squared loss). The embedding network uses the config's optimizer (Adam here; the paper:
    RMSProp at 7.92e-6 on Atari), with its gradient norm clipped at ``max_grad_norm``; the DND's keys and
-   values use SparseAdam at ``dnd_lr``, unclipped.
-7. Acting: epsilon-greedy on ``Q(s, .)``, epsilon from the loop; exploring skips the lookups. An empty
-   DND gives ``Q = 0``; one with fewer than ``p`` entries averages all of them.
+   values use SparseAdam at ``dnd_lr``, unclipped. There is no target network.
+7. Acting: epsilon-greedy on ``Q(s, .)``, epsilon from the loop; exploring skips the lookups.
 8. :meth:`NEC.sync_target` does nothing: NEC has no target network (the loop still calls it).
 9. Presets: classic control and popgym get a small NEC (keys of 64, ``p = 50``, ``N = 10``, 50k slots per
    action); MinAtar and the ALE get the paper's values with the memory scaled to a laptop: 5e5 slots of
    128 per action and 18 actions would be 4.6 GB and, searched by brute force, seconds per step on a CPU.
+
+Cost: per env step two lookups per action (acting, and the bootstrap of ``s_{t+N}``) and one write, each
+``O(n key_dim)`` for ``n`` stored keys, plus a batch's ``O(B n key_dim)`` every ``train_freq`` steps; NEC is
+several times slower per step than DQN on CartPole (measured below), which is the price of its memory.
 
 Checkpoints hold everything: the DNDs (keys, values, clock, pointer) are part of :meth:`NEC.policy_network`
 (so ``policy.pt`` can act alone), both optimizers are in :meth:`NEC.modules`, and the replay's state
