@@ -394,6 +394,20 @@ def test_checkpoint_round_trip_restores_memory_and_both_optimizers(tmp_path):
         assert torch.equal(p, q), name
 
 
+@pytest.mark.parametrize("obs_shape", [(4, 10, 10), (4, 84, 84)])
+def test_image_observations_stay_uint8_in_the_replay(obs_shape):
+    agent = NEC(obs_shape, 3, NECConfig(key_dim=8, num_neighbors=5, n_step=2, dnd_size=20, batch_size=4,
+                                        buffer_size=30, learning_starts=2), CPU)
+    buffer = agent.make_buffer(np.uint8, seed=0)
+    rng = np.random.default_rng(0)
+    for t in range(6):
+        frame = rng.integers(0, 2 if obs_shape[1] == 10 else 256, obs_shape, dtype=np.uint8)
+        buffer.add(frame, t % 3, 1.0, frame, t == 5, False)
+    assert buffer.obs.dtype == np.uint8 and len(buffer) == 6
+    assert np.isfinite(agent.update(buffer)["loss"])
+    assert agent.q_values(buffer.obs[:2]).shape == (2, 3)
+
+
 def test_policy_network_holds_the_memory():
     agent = _agent()
     _feed(agent, agent.make_buffer(np.float32, seed=0), 20)
