@@ -20,10 +20,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from companion.buffers import ReplayBuffer
+from companion.buffers import (
+    PrioritizedReplayBuffer,
+    PrioritizedSequenceReplayBuffer,
+    ReplayBuffer,
+    SequenceReplayBuffer,
+    window_td_error,
+)
 
 __all__ = ["Agent", "QAgent", "QLearningConfig", "SequenceTensors", "linear_schedule", "make_optimizer",
-           "sequence_td", "sequence_tensors", "td_loss"]
+           "masked_mean", "replay_loss", "sequence_td", "sequence_tensors", "td_loss"]
 
 
 @dataclasses.dataclass
@@ -56,6 +62,15 @@ class QLearningConfig:
     eps_end: float = 0.05
     eps_fraction: float = 0.1  # fraction of the run over which epsilon decays linearly
     eval_epsilon: float = 0.0
+    # Prioritized replay (Schaul et al. 2016; book chapter 4): samples drawn in proportion to
+    # (|TD error| + priority_eps)^priority_alpha, their losses weighted by importance-sampling weights with
+    # an exponent annealed linearly from priority_beta to 1 over the run. Windows (recurrent and attention
+    # agents) are ranked by R2D2's priority_eta * max + (1 - priority_eta) * mean of their steps' errors.
+    prioritized: bool = False
+    priority_alpha: float = 0.6  # Schaul et al.'s proportional variant on Atari; 0 = uniform
+    priority_beta: float = 0.4  # ... and their beta_0
+    priority_eps: float = 1e-6  # keeps a transition whose TD error was 0 in play (its priority: 2.5e-4 at alpha 0.6)
+    priority_eta: float = 0.9  # R2D2 (Kapturowski et al. 2019)
 
     def validate(self) -> None:
         if self.loss not in ("huber", "mse"):
@@ -67,6 +82,12 @@ class QLearningConfig:
         for name in ("batch_size", "buffer_size", "train_freq", "gradient_steps", "target_update"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("priority_alpha", "priority_beta", "priority_eta"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
+        if not self.priority_eps > 0:
+            raise ValueError(f"priority_eps must be > 0 (a TD error of 0 would never be replayed), got "
+                             f"{self.priority_eps}")
 
 
 def linear_schedule(start: float, end: float, duration: int, step: int) -> float:
@@ -178,6 +199,37 @@ def td_loss(q_taken: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Ten
     return nn.functional.mse_loss(q_taken, target, reduction="none")
 
 
+def masked_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """The mean of ``values`` over the positions where ``weights`` (same shape, 0 or 1) is 1."""
+    return (values * weights).sum() / weights.sum().clamp(min=1.0)
+
+
+def replay_loss(losses: torch.Tensor, q_taken: torch.Tensor, target: torch.Tensor, batch: Any,
+                config: QLearningConfig, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """A batch's loss from its elementwise TD losses: the one place where prioritized replay meets a loss.
+
+    Uniform replay (``batch.weights`` is None): the mean of ``losses``, over the positions where ``mask``
+    is 1 if there is one. Prioritized replay: each sample's losses are first multiplied by its
+    importance-sampling weight (Schaul et al. 2016, Algorithm 1), and each sample's TD error is left on
+    the batch, ``batch.td_errors`` ``(B,)``, for :meth:`QAgent.update` to hand to the buffer's
+    ``update_priorities``: ``|target - q_taken|``, or for a window R2D2's mix of its steps' errors where
+    ``mask`` is 1 (:func:`~companion.buffers.window_td_error`, with ``config.priority_eta``).
+
+    Args:
+        losses, q_taken, target: ``(B,)`` for transitions, ``(B, T)`` for windows.
+        mask: ``(B, T)``, 1 where the loss applies (windows only).
+    """
+    if batch is None or batch.weights is None:
+        return losses.mean() if mask is None else masked_mean(losses, mask)
+    weights = torch.as_tensor(batch.weights, device=losses.device)  # (B,)
+    td_errors = (target - q_taken).detach().abs().cpu().numpy()
+    if mask is None:
+        batch.td_errors = td_errors
+        return (losses * weights).mean()
+    batch.td_errors = window_td_error(td_errors, mask.detach().cpu().numpy() > 0, config.priority_eta)
+    return masked_mean(losses * weights[:, None], mask)
+
+
 class QAgent(Agent):
     """A Q-learning agent: an online network ``q``, its target copy, Adam, and a TD ``loss`` to define.
 
@@ -188,6 +240,9 @@ class QAgent(Agent):
     """
 
     loop = "off_policy"
+    #: whether this agent learns from windows of ``burn_in + seq_len`` consecutive transitions (recurrent and
+    #: attention agents, whose configs have both) rather than from single transitions
+    sequence_replay: ClassVar[bool] = False
 
     def __init__(self, obs_shape: tuple[int, ...], n_actions: int, config: QLearningConfig, device: torch.device,
                  network: nn.Module) -> None:
@@ -196,6 +251,7 @@ class QAgent(Agent):
         self.q = network.to(device)
         self.target = copy.deepcopy(self.q).requires_grad_(False)
         self.optimizer = make_optimizer(self.q.parameters(), config)
+        self.beta = config.priority_beta  # prioritized replay's IS exponent now (set_step anneals it)
 
     @classmethod
     def fit_to_steps(cls, config: QLearningConfig, total_steps: int) -> None:
@@ -204,26 +260,46 @@ class QAgent(Agent):
         config.buffer_size = min(config.buffer_size, max(total_steps, 1_000))
         config.target_update = min(config.target_update, max(total_steps // 10, 1))
 
-    @abstractmethod
     def make_buffer(self, obs_dtype: np.dtype, seed: int) -> ReplayBuffer:
-        """A replay buffer of the kind this agent learns from."""
+        """The replay this agent learns from: transitions, or windows (:attr:`sequence_replay`), sampled
+        uniformly or, with ``config.prioritized``, by priority."""
+        c = self.config
+        kwargs: dict[str, Any] = {"seed": seed}
+        if self.sequence_replay:
+            kwargs["seq_len"] = c.burn_in + c.seq_len
+        if not c.prioritized:
+            cls = SequenceReplayBuffer if self.sequence_replay else ReplayBuffer
+        else:
+            cls = PrioritizedSequenceReplayBuffer if self.sequence_replay else PrioritizedReplayBuffer
+            kwargs.update(alpha=c.priority_alpha, eps=c.priority_eps)
+        return cls(c.buffer_size, self.obs_shape, obs_dtype, **kwargs)
 
     @abstractmethod
     def loss(self, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
         """The TD loss on a batch from this agent's buffer, and scalars to log."""
 
-    def set_step(self, step: int) -> None:
-        """Told the env step before each burst of updates: anneals the learning rate if the config says so."""
+    def set_step(self, step: int, total_steps: int = 0) -> None:
+        """Told the env step (and the run's length) before each burst of updates: anneals the learning rate
+        if the config says so, and with prioritized replay the IS exponent :attr:`beta`, linearly from
+        ``priority_beta`` at step 0 to 1 at ``total_steps`` (Schaul et al. 2016; 0: beta stays as it is)."""
         c = self.config
         if c.lr_end > 0 and c.lr_decay_steps > 0:
             lr = linear_schedule(c.lr, c.lr_end, c.lr_decay_steps, step)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
+        if c.prioritized and total_steps > 0:
+            self.beta = linear_schedule(c.priority_beta, 1.0, total_steps, step)
 
     def update(self, buffer: ReplayBuffer) -> dict[str, float]:
-        """One gradient step on a sample from ``buffer``; returns scalars to log."""
+        """One gradient step on a sample from ``buffer``; returns scalars to log.
+
+        With prioritized replay the sample comes with importance-sampling weights (at :attr:`beta`), the
+        loss weighs by them and leaves each sample's TD error on the batch (:func:`replay_loss`), and the
+        sampled priorities are set from those errors after the step.
+        """
         c = self.config
-        loss, info = self.loss(buffer.sample(c.batch_size))
+        batch = buffer.sample(c.batch_size, beta=self.beta) if c.prioritized else buffer.sample(c.batch_size)
+        loss, info = self.loss(batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if c.grad_clamp:
@@ -231,6 +307,12 @@ class QAgent(Agent):
         if c.max_grad_norm:
             nn.utils.clip_grad_norm_(self.q.parameters(), c.max_grad_norm)
         self.optimizer.step()
+        if c.prioritized:
+            if batch.td_errors is None:
+                raise RuntimeError(f"{type(self).__name__}.loss left no TD errors on the batch: reduce its "
+                                   f"losses with replay_loss")
+            buffer.update_priorities(batch.indices, batch.td_errors)  # type: ignore[attr-defined]
+            info = {**info, "beta": self.beta}
         return {"loss": loss.item(), **info}
 
     def sync_target(self) -> None:
@@ -255,7 +337,8 @@ class SequenceTensors:
     ``inputs`` is ``[o_0, o_1', ..., o_T']`` ``(B, T+1, ...)``: the network's output at position ``t``
     values ``o_t`` for ``t < T`` and ``o_t'`` (the next observation of step ``t - 1``) for ``t >= 1``, from
     a state that has seen the window up to it. ``weights`` ``(B, T)`` is 1 where the loss applies: valid
-    (before the window's episode ended) and past the burn-in.
+    (before the window's episode ended) and past the burn-in. ``batch`` is the sequence batch they came
+    from (prioritized replay reads its importance-sampling weights and leaves TD errors on it).
     """
 
     inputs: torch.Tensor
@@ -263,10 +346,11 @@ class SequenceTensors:
     rewards: torch.Tensor  # clipped if the config says so
     terminated: torch.Tensor  # float 0/1
     weights: torch.Tensor
+    batch: Any = None
 
     def masked_mean(self, values: torch.Tensor) -> torch.Tensor:
         """The mean of ``values`` ``(B, T)`` over the positions where the loss applies."""
-        return (values * self.weights).sum() / self.weights.sum().clamp(min=1.0)
+        return masked_mean(values, self.weights)
 
 
 def sequence_tensors(batch: Any, config: QLearningConfig, device: torch.device, burn_in: int) -> SequenceTensors:
@@ -281,12 +365,13 @@ def sequence_tensors(batch: Any, config: QLearningConfig, device: torch.device, 
     weights = to(batch.mask).float()  # (B, T)
     weights[:, :burn_in] = 0.0
     inputs = torch.cat([to(batch.obs[:, :1]), to(batch.next_obs)], dim=1)  # (B, T+1, ...)
-    return SequenceTensors(inputs, to(batch.actions), rewards, to(batch.terminated).float(), weights)
+    return SequenceTensors(inputs, to(batch.actions), rewards, to(batch.terminated).float(), weights, batch)
 
 
 def sequence_td(q_all: torch.Tensor, next_q: torch.Tensor, seq: SequenceTensors,
                 config: QLearningConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The TD loss at every position of a window, averaged where it applies.
+    """The TD loss at every position of a window, averaged where it applies (weighted per window by
+    prioritized replay: :func:`replay_loss`).
 
     Args:
         q_all: the online network's Q-values over ``seq.inputs``, ``(B, T+1, A)``.
@@ -302,4 +387,5 @@ def sequence_td(q_all: torch.Tensor, next_q: torch.Tensor, seq: SequenceTensors,
         else:
             next_value = next_q.max(2).values
         target = seq.rewards + config.gamma * (1.0 - seq.terminated) * next_value  # (B, T)
-    return seq.masked_mean(td_loss(q_taken, target, config.loss)), target, q_taken
+    losses = td_loss(q_taken, target, config.loss)  # (B, T)
+    return replay_loss(losses, q_taken, target, seq.batch, config, seq.weights), target, q_taken

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from companion.agents.base import QAgent, QLearningConfig, sequence_td, sequence_tensors
 from companion.attention import AdditiveAttention
-from companion.buffers import SequenceBatch, SequenceReplayBuffer
+from companion.buffers import SequenceBatch
 from companion.networks import LocationCNN
 
 __all__ = ["DARQN", "DARQNConfig", "DARQNNetwork", "LocationCNN"]
@@ -123,6 +123,7 @@ class DARQN(QAgent):
 
     Config = DARQNConfig
     recurrent = True
+    sequence_replay = True
 
     @classmethod
     def preset(cls, family: str) -> DARQNConfig:
@@ -150,11 +151,6 @@ class DARQN(QAgent):
     def __init__(self, obs_shape: tuple[int, ...], n_actions: int, config: DARQNConfig, device: torch.device) -> None:
         config.validate()
         super().__init__(obs_shape, n_actions, config, device, DARQNNetwork(tuple(obs_shape), n_actions, config))
-
-    def make_buffer(self, obs_dtype: np.dtype, seed: int) -> SequenceReplayBuffer:
-        c = self.config
-        return SequenceReplayBuffer(c.buffer_size, self.obs_shape, obs_dtype, seq_len=c.burn_in + c.seq_len,
-                                    seed=seed)
 
     def act(self, obs: np.ndarray, state: LSTMState | None, epsilon: float,
             rng: np.random.Generator) -> tuple[int, LSTMState]:

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from companion.agents.base import QAgent, QLearningConfig, td_loss
-from companion.buffers import ReplayBuffer, TransitionBatch
+from companion.agents.base import QAgent, QLearningConfig, replay_loss, td_loss
+from companion.buffers import TransitionBatch
 from companion.networks import make_encoder
 
 __all__ = ["DQN", "DQNConfig", "QNetwork"]
@@ -77,9 +77,6 @@ class DQN(QAgent):
         super().__init__(obs_shape, n_actions, config, device,
                          QNetwork(tuple(obs_shape), n_actions, tuple(config.hidden)))
 
-    def make_buffer(self, obs_dtype: np.dtype, seed: int) -> ReplayBuffer:
-        return ReplayBuffer(self.config.buffer_size, self.obs_shape, obs_dtype, seed=seed)
-
     def act(self, obs: np.ndarray, state: Any, epsilon: float, rng: np.random.Generator) -> tuple[int, Any]:
         if rng.random() < epsilon:
             return int(rng.integers(self.n_actions)), state
@@ -93,7 +90,7 @@ class DQN(QAgent):
             return self.q(torch.as_tensor(obs, device=self.device)).cpu().numpy()
 
     def loss(self, batch: TransitionBatch) -> tuple[torch.Tensor, dict[str, float]]:
-        """The mean TD loss on a batch of transitions, and scalars to log."""
+        """The mean TD loss on a batch of transitions (IS-weighted under prioritized replay), and scalars to log."""
         c, to = self.config, lambda x: torch.as_tensor(x, device=self.device)
         obs, next_obs, actions = to(batch.obs), to(batch.next_obs), to(batch.actions)
         rewards, terminated = to(batch.rewards), to(batch.terminated).float()
@@ -107,5 +104,5 @@ class DQN(QAgent):
             else:
                 next_value = next_q.max(1).values
             target = rewards + c.gamma * (1.0 - terminated) * next_value  # (B,)
-        loss = td_loss(q_taken, target, c.loss).mean()
+        loss = replay_loss(td_loss(q_taken, target, c.loss), q_taken, target, batch, c)
         return loss, {"q": q_taken.detach().mean().item()}

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from companion.agents.base import QAgent, QLearningConfig, sequence_td, sequence_tensors
-from companion.buffers import SequenceBatch, SequenceReplayBuffer
+from companion.buffers import SequenceBatch
 from companion.networks import make_encoder
 
 __all__ = ["DRQN", "DRQNConfig", "RecurrentQNetwork"]
@@ -62,6 +62,7 @@ class DRQN(QAgent):
 
     Config = DRQNConfig
     recurrent = True
+    sequence_replay = True
 
     @classmethod
     def preset(cls, family: str) -> DRQNConfig:
@@ -86,11 +87,6 @@ class DRQN(QAgent):
             raise ValueError(f"need seq_len >= 1 and burn_in >= 0, got {config.seq_len}, {config.burn_in}")
         super().__init__(obs_shape, n_actions, config, device,
                          RecurrentQNetwork(tuple(obs_shape), n_actions, tuple(config.hidden), config.lstm_size))
-
-    def make_buffer(self, obs_dtype: np.dtype, seed: int) -> SequenceReplayBuffer:
-        c = self.config
-        return SequenceReplayBuffer(c.buffer_size, self.obs_shape, obs_dtype, seq_len=c.burn_in + c.seq_len,
-                                    seed=seed)
 
     def initial_state(self) -> LSTMState | None:
         return None  # nn.LSTM reads None as zeros

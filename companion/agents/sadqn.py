@@ -39,7 +39,7 @@ from companion.attention import (
     TransformerBlock,
     causal_mask,
 )
-from companion.buffers import SequenceBatch, SequenceReplayBuffer
+from companion.buffers import SequenceBatch
 from companion.networks import LocationCNN, make_encoder
 
 __all__ = ["EntityQNetwork", "EntitySADQN", "HistoryQNetwork", "SADQN", "SADQNConfig", "TransformerBlock"]
@@ -108,6 +108,7 @@ class SADQN(QAgent):
 
     Config = SADQNConfig
     recurrent = True  # the "state" is the context window of observations
+    sequence_replay = True
 
     @classmethod
     def preset(cls, family: str) -> SADQNConfig:
@@ -142,11 +143,6 @@ class SADQN(QAgent):
         The bootstrap value of position ``T - 1`` is still read at position ``T`` of the *target*
         network: one target in ``T`` rests on that untrained embedding."""
         return self.config.burn_in + self.config.seq_len
-
-    def make_buffer(self, obs_dtype: np.dtype, seed: int) -> SequenceReplayBuffer:
-        c = self.config
-        return SequenceReplayBuffer(c.buffer_size, self.obs_shape, obs_dtype, seq_len=c.burn_in + c.seq_len,
-                                    seed=seed)
 
     def _context(self, obs: np.ndarray, state: np.ndarray | None) -> np.ndarray:
         """The acting context after ``obs``: ``(T, *obs_shape)``, oldest first, ``T <= context_len``."""

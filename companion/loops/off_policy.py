@@ -5,7 +5,8 @@ SA-DQN. Per environment step:
 
 1. act with epsilon annealed linearly from ``eps_start`` to ``eps_end`` over ``eps_fraction`` of the run;
 2. store ``(o, a, r, o', terminated, truncated)`` in the agent's replay buffer;
-3. after ``learning_starts`` steps, every ``train_freq`` steps, take ``gradient_steps`` updates;
+3. after ``learning_starts`` steps, every ``train_freq`` steps, take ``gradient_steps`` updates (from
+   uniform or prioritized replay: the agent's config picks its buffer, and its update anneals beta);
 4. every ``target_update`` steps, copy the online network into the target network;
 5. evaluate every ``eval_every`` steps (the harness does it);
 6. at episode ends, write a row of ``metrics.csv``, reset with the next episode's seed, and checkpoint
@@ -69,7 +70,7 @@ def run(ctx: LoopContext) -> LoopResult:
         episode_return += float(reward)
         episode_length += 1
         if step > c.learning_starts and step % c.train_freq == 0:
-            agent.set_step(step)
+            agent.set_step(step, ctx.total_steps)  # anneals the lr and prioritized replay's beta
             for _ in range(c.gradient_steps):
                 log.add(agent.update(buffer))
         if log.due(step, step - 1):
