@@ -424,7 +424,8 @@ def test_policy_network_holds_the_memory():
      ("tabular_lr", 0.0, r"tabular_lr must lie in \(0, 1\]"), ("tabular_lr", 1.5, "tabular_lr"),
      ("kernel_delta", 0.0, "kernel_delta must be > 0"), ("key_tolerance", -1.0, "key_tolerance must be >= 0"),
      ("dnd_lr", 0.0, "dnd_lr must be > 0"), ("gamma", 1.5, "gamma must lie in"),
-     ("learning_starts", 2, r"learning_starts \(2\) must be >= n_step \(3\)"), ("loss", "l1", "loss must be")],
+     ("learning_starts", 2, r"learning_starts \(2\) must be >= n_step \(3\)"), ("loss", "l1", "loss must be"),
+     ("prioritized", True, "NEC replays its")],
 )
 def test_bad_settings_raise_clearly(field, value, message):
     with pytest.raises(ValueError, match=message):

@@ -110,6 +110,9 @@ class NECConfig(QLearningConfig):
 
     def validate(self) -> None:
         super().validate()
+        if self.prioritized:
+            raise ValueError("NEC replays its (s, a, G) uniformly: prioritized=true is for the TD agents "
+                             "(dqn, drqn, darqn, sadqn, sadqn-entity)")
         for name in ("key_dim", "num_neighbors", "n_step", "dnd_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -474,8 +477,9 @@ class NEC(Agent):
             q = self.net(torch.as_tensor(obs, device=self.device).unsqueeze(0), touch=False)  # (1, A)
         return int(q.argmax(1)), state
 
-    def set_step(self, step: int) -> None:
-        """Anneals both learning rates by the same factor if the config says so."""
+    def set_step(self, step: int, total_steps: int = 0) -> None:
+        """Anneals both learning rates by the same factor if the config says so (``total_steps``, which the
+        loop passes for prioritized replay's beta, is not needed: NEC replays uniformly)."""
         c = self.config
         if c.lr_end > 0 and c.lr_decay_steps > 0:
             factor = linear_schedule(c.lr, c.lr_end, c.lr_decay_steps, step) / c.lr
