@@ -370,3 +370,27 @@ def test_episodic_memory_reads_the_past_only_within_capacity_and_caching_changes
     assert w.triu().eq(0).all()  # never the current step or later
     assert w[6, :3].eq(0).all() and w[6, 3:6].sum().item() == pytest.approx(1.0)  # steps 3..5: capacity 3
     assert weights[1, :, 4].eq(0).all() and weights[1, :, 5, :4].eq(0).all()  # a new episode forgets the old
+
+
+def test_episodic_memory_fill_keeps_the_last_capacity_slots():
+    from companion.attention import EpisodicMemory
+
+    torch.manual_seed(0)
+    memory = EpisodicMemory(8, 2, capacity=3)
+    slots = torch.randn(2, 5, 8)  # S = 5 > M = 3
+    valid = torch.tensor([[True, True, True], [False, True, True]])
+    with torch.no_grad():
+        filled = memory.fill(slots, valid)
+        written = memory.empty(2)
+        for t in range(5):
+            written = memory.write_step(slots[:, t], written)
+    torch.testing.assert_close(filled.keys, written.keys)  # slots 2, 3, 4, oldest first
+    torch.testing.assert_close(filled.values, written.values)
+    assert torch.equal(filled.valid, valid)
+
+
+def test_episodic_memory_needs_at_least_one_slot():
+    from companion.attention import EpisodicMemory
+
+    with pytest.raises(ValueError, match="capacity must be >= 1"):
+        EpisodicMemory(8, 2, capacity=0)

@@ -155,6 +155,17 @@ def test_check_is_weights(capsys):
     assert "not normalised" in capsys.readouterr().out
 
 
+def test_check_is_weights_rejects_weights_that_are_only_close(capsys):
+    from companion.exercises import check_is_weights
+
+    def fixed_beta(priorities, indices, beta):  # beta ignored: 0.5 instead of the 0.6 asked for
+        raw = (len(priorities) * priorities / priorities.sum()) ** -0.5
+        return raw[indices] / raw.max()
+
+    assert not check_is_weights(fixed_beta)  # within a third of the right weights, and still wrong
+    assert "not yet" in capsys.readouterr().out
+
+
 def test_check_memory_mask(capsys):
     from companion.exercises import check_memory_mask
 

@@ -144,6 +144,16 @@ def test_noise_dims_are_gaussian_with_the_given_std_and_carry_no_cue():
     assert np.all(np.stack(observations)[:, 4:] == 0)
 
 
+def test_noise_is_drawn_in_every_observation_the_cue_and_the_last_included():
+    env = CueRecallEnv(delay=2, n_cues=2, noise=1.0, noise_dims=3)
+    observations, _, _ = run_episode(env, lambda obs, t: 0, seed=4)
+    noise = np.stack(observations)[:, 4:]  # o_0 (the cue), o_1, o_2 (corridor), o_3 (decision), after it
+    assert np.all(noise != 0)
+    np.testing.assert_array_equal(observations[0][:2], np.eye(2, dtype=np.float32)[env.cue])  # the cue as it was
+    first = [env.reset(seed=seed)[0][4:] for seed in (0, 1)]
+    assert not np.array_equal(first[0], first[1])  # o_0's noise comes from the seed too
+
+
 def test_reset_seed_makes_the_episode_reproducible():
     def episode(seed):
         env = CueRecallEnv(delay=5, n_cues=5, noise=1.0, noise_dims=4)

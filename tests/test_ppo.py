@@ -628,3 +628,38 @@ def test_lstm_forget_bias_sets_the_forget_gate_only():
     gates = torch.nn.functional.linear(x, agent.net.cell.weight_ih, agent.net.cell.bias_ih)
     assert torch.sigmoid(gates[0, 8:16]).sub(torch.sigmoid(torch.tensor(1.0))).abs().max() < 1e-6
     assert (c_next - torch.sigmoid(torch.tensor(1.0))).abs().max() < 1e-6  # input gate 0.5 x tanh(0) = 0
+
+
+def test_lstm_forget_bias_takes_the_configured_value():
+    agent = _agent(PPOLSTM, lstm_size=8, forget_bias=2.5)
+    bias = agent.net.cell.bias_ih.detach()
+    torch.testing.assert_close(bias[8:16], torch.full((8,), 2.5))
+    assert not bias[:8].any() and not bias[16:].any()
+
+
+def test_memory_agent_reads_exactly_the_last_m_steps():
+    agent = _agent(PPOMemory, memory=6)
+    obs, starts = torch.randn(1, 12, 3), torch.zeros(1, 12, dtype=torch.bool)
+    starts[0, 0] = True
+    changed = obs.clone()
+    changed[0, 2] += 5.0  # step 2 is read by steps 3..8 (lags 1..6), not by step 9 and later (lag 7 or more)
+    with torch.no_grad():
+        logits, values = agent.net.sequence(obs, starts, agent.net.initial_state(1))
+        logits2, values2 = agent.net.sequence(changed, starts, agent.net.initial_state(1))
+    for t in range(3, 9):
+        assert not torch.allclose(values[0, t], values2[0, t]), t
+        assert not torch.allclose(logits[0, t], logits2[0, t]), t
+    torch.testing.assert_close(values[0, 9:], values2[0, 9:])
+    torch.testing.assert_close(values[0, :2], values2[0, :2])
+
+
+def test_memory_agent_attention_maps_are_indexed_by_lag():
+    agent = _agent(PPOMemory, memory=6)
+    rng, state = np.random.default_rng(0), agent.initial_state()
+    for t in range(8):  # step t has t earlier steps of its episode in memory, at most 6
+        _, state, w = agent.act_with_attention(np.full(3, float(t), np.float32), state, 0.0, rng)
+        assert w.shape == (1, 4, 7)  # (layers, H, M + 1); index k: the step k back
+        held = min(t, 6)
+        assert (w[..., 0] == 0).all() and (w[..., held + 1:] == 0).all()  # lag 0 and lags never written
+        assert (w[..., 1:held + 1] > 0).all()
+        np.testing.assert_allclose(w.sum(-1), 1.0 if held else 0.0, atol=1e-6)
