@@ -300,8 +300,9 @@ def check_is_weights(fn: Callable[[np.ndarray, np.ndarray, float], object]) -> b
     probs = priorities / priorities.sum()
     raw = (len(priorities) * probs) ** -0.6
     expected = raw[indices] / raw.max()
-    mistakes = {"the weights are normalised by the batch's largest weight, not the buffer's: then a batch "
-                "without the rarest entry scales every weight up": raw[indices] / raw[indices].max(),
+    mistakes = {"the weights are normalised by the batch's largest weight, a common convention but not this "
+                "chapter's (the buffer's largest, so that no weight exceeds 1 whatever the batch)":
+                raw[indices] / raw[indices].max(),
                 "the exponent has the wrong sign: frequent entries must weigh less, (N P)^-beta":
                 (len(priorities) * probs[indices]) ** 0.6 / ((len(priorities) * probs) ** 0.6).max(),
                 "the weights are not normalised (divide by the largest, so that they only scale the step down)":
