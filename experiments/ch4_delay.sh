@@ -20,7 +20,7 @@
 # Off-policy, at D = 4 and 16 only: DRQN (chapter 2) and SA-DQN (chapter 7) with their presets learn from random
 # windows of 16 steps (DRQN from a zero state), so no window holds both the cue and the decision once D + 2 > 16.
 # Last, 8,000 episodes at D = 64 for ppo-memory and ppo-lstm (results/ch4-delay-8000; LONG=0 skips them): at 2,000
-# episodes every agent was at chance there, while a pilot of ppo-memory with 8,000 solved it by episode 1,000 (the
+# episodes every agent was at chance there, while a pilot of ppo-memory with 8,000 solved it by episode 1,500 (the
 # learning rate anneals over the run, so a longer run also keeps a larger rate for longer). The window and the
 # memoryless agent are not run longer: at D + 2 > 16 their input at the decision is the same whatever the cue.
 # Runs are queued seed by seed, so a cut-off session still has every agent at the seeds it reached.
