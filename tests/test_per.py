@@ -410,20 +410,3 @@ def test_cli_trains_with_prioritized_replay(tmp_path, algo, extra):
     replay = torch.load(out / "replay.pt", weights_only=True)
     p = replay["priorities"].numpy()
     assert replay["max_priority"] >= 1.0 and (p > 0).sum() >= 1000 and len(np.unique(p)) > 100
-
-
-@pytest.mark.parametrize("algo", ["dqn", "drqn"])
-def test_prioritized_resume_equals_an_uninterrupted_run(tmp_path, algo):
-    fields = {"hide": (1, 3)} if algo == "drqn" else {}
-    whole = _run(tmp_path, "whole", algo, **fields)
-    part = _run(tmp_path, "part", algo, stop_at=500, **fields)
-    assert part.interrupted and 500 <= part.steps < 1200
-    resumed = train(None, None, tmp_path / "part", resume=True, show_progress=False)
-    assert resumed.steps == 1200 and not resumed.interrupted
-    for name in ("metrics.csv", "eval.csv", "updates.csv"):
-        assert (tmp_path / "whole" / name).read_bytes() == (tmp_path / "part" / name).read_bytes(), name
-    for p, q in zip(whole.agent.q.parameters(), resumed.agent.q.parameters(), strict=True):
-        assert torch.equal(p, q)
-    a = torch.load(tmp_path / "whole" / "replay.pt", weights_only=True)
-    b = torch.load(tmp_path / "part" / "replay.pt", weights_only=True)
-    assert torch.equal(a["priorities"], b["priorities"]) and a["max_priority"] == b["max_priority"]

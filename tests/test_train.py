@@ -18,8 +18,9 @@ QUICK = dict(budget="quick", total_steps=1200, overrides={"eval_every": 600, "le
                                                           "train_freq": 4, "gradient_steps": 1})
 
 
-def _run(tmp_path, name, algo="dqn", env_id="CartPole-v1", stop_at=None, **fields):
-    run, agent = build_config(algo, env_id, seed=3, **QUICK, **fields)
+def _run(tmp_path, name, algo="dqn", env_id="CartPole-v1", stop_at=None, prioritized=False, **fields):
+    quick = {**QUICK, "overrides": {**QUICK["overrides"], "prioritized": True}} if prioritized else QUICK
+    run, agent = build_config(algo, env_id, seed=3, **quick, **fields)
     return train(run, agent, tmp_path / name, show_progress=False, stop_at=stop_at)
 
 
@@ -49,11 +50,11 @@ def test_same_seed_gives_identical_records(tmp_path):
         assert filecmp.cmp(tmp_path / "a" / name, tmp_path / "b" / name, shallow=False), name
 
 
-@pytest.mark.parametrize("algo", ["dqn", "drqn"])
-def test_resume_equals_an_uninterrupted_run(tmp_path, algo):
+@pytest.mark.parametrize(("algo", "prioritized"), [("dqn", False), ("drqn", False), ("dqn", True), ("drqn", True)])
+def test_resume_equals_an_uninterrupted_run(tmp_path, algo, prioritized):
     fields = {"hide": (1, 3)} if algo == "drqn" else {}
-    whole = _run(tmp_path, "whole", algo, **fields)
-    part = _run(tmp_path, "part", algo, stop_at=500, **fields)
+    whole = _run(tmp_path, "whole", algo, prioritized=prioritized, **fields)
+    part = _run(tmp_path, "part", algo, stop_at=500, prioritized=prioritized, **fields)
     assert part.interrupted and 500 <= part.steps < 1200
     resumed = train(None, None, tmp_path / "part", resume=True, show_progress=False)
     assert resumed.steps == 1200 and not resumed.interrupted
@@ -62,6 +63,10 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, algo):
     for p, q in zip(whole.agent.q.parameters(), resumed.agent.q.parameters(), strict=True):
         assert torch.equal(p, q)
     assert RunDir(tmp_path / "part").meta()["resumed"] == 1
+    if prioritized:  # the priorities continue exactly too
+        a = torch.load(tmp_path / "whole" / "replay.pt", weights_only=True)
+        b = torch.load(tmp_path / "part" / "replay.pt", weights_only=True)
+        assert torch.equal(a["priorities"], b["priorities"]) and a["max_priority"] == b["max_priority"]
 
 
 def test_checkpoint_loads_with_weights_only_and_rebuilds_the_agent(tmp_path):
