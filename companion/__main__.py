@@ -23,7 +23,7 @@ from companion.budget import BUDGETS, BudgetError
 
 #: the --algo help (companion.agents.AGENTS is not imported here: it loads torch, and --help should be quick)
 ALGO_HELP = ("off-policy (replay): dqn, drqn, darqn, sadqn, sadqn-entity, nec; "
-             "on-policy (rollouts): ppo, a2c, ppo-lstm, ppo-attn, ppo-memory")
+             "on-policy (rollouts): ppo, a2c, ppo-lstm, ppo-attn, ppo-memory, ppo-hmemory")
 
 
 def _overrides(pairs: list[str]) -> dict[str, str]:

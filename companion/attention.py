@@ -36,13 +36,19 @@ from torch import Tensor, nn
 
 __all__ = [
     "AdditiveAttention",
+    "ChunkCache",
     "EpisodicMemory",
+    "HierarchicalAttention",
+    "HierarchicalMemory",
+    "HierarchicalWeights",
     "LearnedPositionalEmbedding",
+    "LocalGlobalAttention",
     "MemoryCache",
     "MultiHeadAttention",
     "SinusoidalPositionalEncoding",
     "TransformerBlock",
     "causal_mask",
+    "hierarchical_attention",
     "masked_softmax",
     "padding_mask",
     "scaled_dot_product_attention",
@@ -489,6 +495,10 @@ class EpisodicMemory(nn.Module):
         k, v = self.attention.project_key_value(slots[:, -self.capacity:], slots[:, -self.capacity:])
         return MemoryCache(k, v, valid)
 
+    def refresh(self, slots: Tensor, cache: MemoryCache) -> MemoryCache:
+        """:meth:`fill` with the cache's validity: the cache rebuilt from the last ``P >= M`` slots ``(N, P, E)``."""
+        return self.fill(slots, cache.valid)
+
     def read_sequence(self, queries: Tensor, slots: Tensor, starts: Tensor,
                       need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
         """Reads at the last ``T`` of ``S`` positions: ``queries`` ``(B, T, E)``, ``slots`` ``(B, S, E)`` written at all
@@ -514,6 +524,336 @@ class MemoryCache(NamedTuple):
 
     def select(self, index: Tensor) -> MemoryCache:
         return MemoryCache(self.keys[index], self.values[index], self.valid[index])
+
+
+# --------------------------------------------------------------------------------------------------
+# Hierarchical attention (chapter 5)
+# --------------------------------------------------------------------------------------------------
+class HierarchicalWeights(NamedTuple):
+    """Where a hierarchical read looked, at both levels.
+
+    ``chunks`` ``(..., L, G)``: the weight of each chunk (0 for a chunk not among the top ``k``); ``keys``
+    ``(..., L, S)``: the weight of each key in the output, ``chunks[g(j)] * inside[j]``, where ``inside`` is the
+    softmax inside key ``j``'s chunk. Each row of ``keys`` sums to 1 (or 0 where nothing is visible), as flat
+    attention's weights do.
+    """
+
+    chunks: Tensor
+    keys: Tensor
+
+
+def _stable_top_k(scores: Tensor, k: int) -> Tensor:
+    """A bool mask ``(..., G)`` of the ``k`` largest finite ``scores`` in each row; a tie goes to the lower index
+    (the older chunk), so that two layouts of the same chunks pick the same ones."""
+    order = torch.sort(scores, dim=-1, descending=True, stable=True).indices[..., :k]  # (..., k)
+    kept = torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, order, True)
+    return kept & torch.isfinite(scores)
+
+
+def hierarchical_attention(q: Tensor, k: Tensor, v: Tensor, chunk_ids: Tensor, top_k: int,
+                           mask: Tensor | None = None) -> tuple[Tensor, HierarchicalWeights]:
+    """Two-level attention over chunks of keys, after HCAM (Lampinen et al. 2021), computed densely.
+
+    The keys are grouped into chunks by ``chunk_ids``. For each query and head:
+
+    1. a chunk's **summary key** is the mean of the chunk's visible keys, ``kbar_g``; its score is
+       ``s_g = q . kbar_g / sqrt(d)``, which is the mean of the chunk's key scores (a dot product is linear);
+    2. the ``top_k`` chunks with the largest ``s_g`` are kept; ``alpha = softmax`` of their scores;
+    3. inside each kept chunk, ordinary attention: ``beta_j = softmax`` of ``q . k_j / sqrt(d)`` over the chunk;
+    4. ``out = sum_g alpha_g sum_{j in g} beta_j v_j``.
+
+    A chunk with no visible key takes no part. This path scores every key (``O(L S)``), and is the reference
+    that :class:`HierarchicalMemory`'s cached read (``O(S / c + k c)`` a query) is tested against.
+
+    Args:
+        q: ``(B, H, L, d)``; k, v: ``(B, H, S, d)``, heads already split.
+        chunk_ids: ``(B, S)`` or ``(S,)`` long, the chunk of each key, numbered oldest first from 0 (ties between
+            equal chunk scores go to the lower number).
+        top_k: how many chunks a query keeps.
+        mask: bool, True where a query may see a key, broadcastable to ``(B, H, L, S)``.
+
+    Returns:
+        ``(heads (B, H, L, d), HierarchicalWeights)`` with ``chunks`` ``(B, H, L, G)`` and ``keys`` ``(B, H, L, S)``.
+    """
+    if top_k < 1:
+        raise ValueError(f"hierarchical_attention: top_k must be >= 1, got {top_k}")
+    if mask is not None and mask.dtype != torch.bool:
+        raise ValueError("hierarchical_attention: the mask must be boolean (True = may attend)")
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, H, L, S)
+    visible = torch.ones_like(scores, dtype=torch.bool) if mask is None else mask.expand_as(scores)
+    ids = chunk_ids.expand(scores.shape[0], -1) if chunk_ids.dim() == 1 else chunk_ids  # (B, S)
+    num_chunks = int(ids.max()) + 1
+    one_hot = F.one_hot(ids, num_chunks).to(scores.dtype)[:, None]  # (B, 1, S, G)
+    counts = visible.to(scores.dtype) @ one_hot  # (B, H, L, G): visible keys per chunk
+    summary = (scores.masked_fill(~visible, 0.0) @ one_hot) / counts.clamp(min=1)  # (B, H, L, G)
+    summary = summary.masked_fill(counts == 0, float("-inf"))
+    kept = _stable_top_k(summary, min(top_k, num_chunks))  # (B, H, L, G)
+    chunk_weights = masked_softmax(summary, kept)  # (B, H, L, G)
+    # Inside each chunk: a softmax over its visible keys, shifted by the chunk's own maximum.
+    index = ids[:, None, None, :].expand_as(scores)  # (B, H, L, S)
+    masked = scores.masked_fill(~visible, float("-inf"))
+    chunk_max = torch.full_like(summary, float("-inf")).scatter_reduce(-1, index, masked, "amax")
+    shift = chunk_max.gather(-1, index).masked_fill(~visible, 0.0).detach()  # softmax ignores it
+    exp = (scores - shift).exp().masked_fill(~visible, 0.0)  # (B, H, L, S)
+    inside = exp / (exp @ one_hot).gather(-1, index).clamp(min=torch.finfo(exp.dtype).tiny)
+    key_weights = chunk_weights.gather(-1, index) * inside  # (B, H, L, S)
+    return key_weights @ v, HierarchicalWeights(chunk_weights, key_weights)
+
+
+class HierarchicalAttention(nn.Module):
+    """Multi-head attention that reads the top-``k`` chunks of ``chunk_size`` keys (book chapter 5).
+
+    The keys ``0 .. S-1`` fall into chunks of ``c = chunk_size`` consecutive positions (chunk ``g`` holds
+    ``g c .. g c + c - 1``; the last may be shorter); each head reads them as :func:`hierarchical_attention` says.
+    The projections are a :class:`MultiHeadAttention`'s, so two facts can be checked against chapter 1's module:
+    with ``chunk_size = 1`` and ``top_k >= S`` it *is* multi-head attention (a chunk of one key is its own
+    summary, and keeping every chunk leaves one softmax over all keys); with ``top_k`` at least the number of
+    chunks it is a block-wise mixture: attention inside every chunk, mixed by a softmax over the summaries.
+
+    Args:
+        embed_dim, num_heads: as for :class:`MultiHeadAttention`.
+        chunk_size: ``c``, keys per chunk.
+        top_k: ``k``, chunks read per query.
+    """
+
+    def __init__(self, embed_dim: int, num_heads: int, chunk_size: int, top_k: int) -> None:
+        super().__init__()
+        if chunk_size < 1 or top_k < 1:
+            raise ValueError(f"HierarchicalAttention: chunk_size and top_k must be >= 1, got {chunk_size}, {top_k}")
+        self.chunk_size, self.top_k = chunk_size, top_k
+        self.attention = MultiHeadAttention(embed_dim, num_heads)
+
+    def forward(self, query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None = None,
+                need_weights: bool = False) -> tuple[Tensor, HierarchicalWeights | None]:
+        """``query`` ``(B, L, E)`` over ``key``/``value`` ``(B, S, E)``; ``mask`` bool, broadcastable to
+        ``(B, H, L, S)`` (``causal_mask(L)`` for self-attention). Returns ``(B, L, E)`` and, if asked, the weights
+        at both levels (:class:`HierarchicalWeights`, ``(B, H, L, G)`` and ``(B, H, L, S)``)."""
+        mha = self.attention
+        mha._check_inputs(query, key, value, mask)
+        q = mha._split_heads(mha.q_proj(query))  # (B, H, L, d)
+        k, v = mha.project_key_value(key, value)  # (B, H, S, d)
+        chunk_ids = torch.arange(key.shape[1], device=key.device) // self.chunk_size  # (S,)
+        heads, weights = hierarchical_attention(q, k, v, chunk_ids, self.top_k, mask)  # (B, H, L, d)
+        batch, _, length, _ = heads.shape
+        out = mha.out_proj(heads.transpose(1, 2).reshape(batch, length, mha.embed_dim))  # (B, L, E)
+        return out, (weights if need_weights else None)
+
+
+class LocalGlobalAttention(nn.Module):
+    """Attention over a local window of keys plus the summaries of older chunks, in one softmax (chapter 5).
+
+    The comparison point for :class:`HierarchicalAttention`: a query at position ``i`` sees the keys ``j`` with
+    ``i - window < j <= i`` one by one, and every *complete* chunk of ``c`` keys that ends before the window as
+    one summary (the mean of its keys and the mean of its values). Nothing is dropped, but the far past is seen
+    only in averages: ``O(window + i / c)`` keys per query.
+
+    Args:
+        embed_dim, num_heads: as for :class:`MultiHeadAttention`.
+        window: keys seen one by one, the query's own position included.
+        chunk_size: ``c``, keys per summary.
+    """
+
+    def __init__(self, embed_dim: int, num_heads: int, window: int, chunk_size: int) -> None:
+        super().__init__()
+        if window < 1 or chunk_size < 1:
+            raise ValueError(f"LocalGlobalAttention: window and chunk_size must be >= 1, got {window}, {chunk_size}")
+        self.window, self.chunk_size = window, chunk_size
+        self.attention = MultiHeadAttention(embed_dim, num_heads)
+
+    def forward(self, x: Tensor, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
+        """Causal self-attention over ``x`` ``(B, S, E)``. Returns ``(B, S, E)`` and, if asked, the weights
+        ``(B, H, S, S + S // c)``: first over the ``S`` keys, then over the ``S // c`` chunk summaries."""
+        batch, length, _ = x.shape
+        c = self.chunk_size
+        chunks = length // c
+        summaries = x[:, : chunks * c].reshape(batch, chunks, c, -1).mean(2)  # (B, G, E)
+        positions = torch.arange(length, device=x.device)
+        lag = positions[:, None] - positions[None, :]  # (S, S)
+        local = (lag >= 0) & (lag < self.window)
+        chunk_end = torch.arange(chunks, device=x.device) * c + c - 1  # the last position of each chunk
+        far = chunk_end[None, :] <= positions[:, None] - self.window  # (S, G): wholly older than the window
+        keys = torch.cat([x, summaries], dim=1)  # (B, S + G, E)
+        mask = torch.cat([local, far], dim=1)  # (S, S + G)
+        return self.attention(x, keys, keys, mask, need_weights)
+
+
+class ChunkCache(NamedTuple):
+    """What :class:`HierarchicalMemory` keeps while acting, for ``N`` envs: a ring of ``n`` chunks of ``c`` slots.
+
+    ``keys``, ``values`` ``(N, H, n, c, d)``; ``valid`` ``(N, n, c)``; ``key_sums`` ``(N, H, n, d)``, each chunk's
+    sum of valid keys (its summary is ``key_sums / count``); ``position`` ``(N,)``, the steps written in the
+    current episode. Step ``p`` of an episode lives in ring slot ``(p // c) % n``, offset ``p % c``.
+    """
+
+    keys: Tensor
+    values: Tensor
+    valid: Tensor
+    key_sums: Tensor
+    position: Tensor
+
+    def reset(self, done: Tensor) -> ChunkCache:
+        """Forget the episode of the envs where ``done`` ``(N,)`` is True."""
+        keep = ~done
+        return ChunkCache(self.keys, self.values, self.valid & keep[:, None, None],
+                          self.key_sums * keep[:, None, None, None], self.position * keep)
+
+    def select(self, index: Tensor) -> ChunkCache:
+        return ChunkCache(*(t[index] for t in self))
+
+
+class HierarchicalMemory(nn.Module):
+    """An episodic memory read by hierarchical attention (book chapter 5): chapter 4's
+    :class:`EpisodicMemory` with the top-``k``-chunk read of :func:`hierarchical_attention` in place of the flat one.
+
+    Step ``t`` of an episode writes one slot into chunk ``t // c``. A read at step ``t`` sees the steps before
+    ``t`` of the same episode, at most ``capacity`` steps' worth of chunks back (the ``n = capacity / c`` most
+    recent chunks, the current, partial one included; an older chunk is forgotten whole). Acting keeps a
+    :class:`ChunkCache` with each chunk's key sum, so a read scores ``n`` summaries, then attends over the ``k c``
+    slots of the ``k`` kept chunks: ``O(n + k c)`` per step, against ``O(n c)`` for the flat read. Learning reads a
+    whole sequence at once (:meth:`read_sequence`, dense); both give the same numbers.
+
+    Args:
+        dim, num_heads: as for :class:`EpisodicMemory`.
+        capacity: steps held, a multiple of ``chunk_size``.
+        chunk_size: ``c``; top_k: ``k``.
+    """
+
+    def __init__(self, dim: int, num_heads: int, capacity: int, chunk_size: int, top_k: int) -> None:
+        super().__init__()
+        if chunk_size < 1 or top_k < 1 or capacity < chunk_size or capacity % chunk_size:
+            raise ValueError(f"HierarchicalMemory: need chunk_size >= 1, top_k >= 1 and capacity a positive multiple "
+                             f"of chunk_size; got capacity {capacity}, chunk_size {chunk_size}, top_k {top_k}")
+        self.capacity, self.chunk_size, self.top_k = capacity, chunk_size, top_k
+        self.num_chunks = capacity // chunk_size
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.attention = MultiHeadAttention(dim, num_heads)
+
+    def empty(self, n: int) -> ChunkCache:
+        """An empty cache for ``n`` envs."""
+        device = self.attention.q_proj.weight.device
+        slots = (n, self.num_heads, self.num_chunks, self.chunk_size, self.head_dim)
+        return ChunkCache(torch.zeros(slots, device=device), torch.zeros(slots, device=device),
+                          torch.zeros(n, self.num_chunks, self.chunk_size, dtype=torch.bool, device=device),
+                          torch.zeros(n, self.num_heads, self.num_chunks, self.head_dim, device=device),
+                          torch.zeros(n, dtype=torch.long, device=device))
+
+    def _oldest_first(self, cache: ChunkCache) -> Tensor:
+        """``(N, n)``: the ring slots in the order their chunks were written, oldest first."""
+        newest = (cache.position - 1).clamp(min=0) // self.chunk_size  # (N,) the current chunk
+        return (newest[:, None] + 1 + torch.arange(self.num_chunks, device=newest.device)) % self.num_chunks
+
+    def read_step(self, query: Tensor, cache: ChunkCache,
+                  need_weights: bool = False) -> tuple[Tensor, HierarchicalWeights | None]:
+        """Read for ``N`` envs: ``query`` ``(N, E)``. Returns ``(N, E)`` and, if asked, the weights with the chunks
+        oldest first: ``chunks`` ``(N, H, n)`` and ``keys`` ``(N, H, n, c)``."""
+        mha, c = self.attention, self.chunk_size
+        n_env = query.shape[0]
+        q = mha._split_heads(mha.q_proj(query[:, None]))[:, :, 0]  # (N, H, d)
+        order = self._oldest_first(cache)  # (N, n)
+        counts = cache.valid.sum(-1).gather(1, order)  # (N, n)
+        sums = cache.key_sums.gather(2, order[:, None, :, None].expand(-1, self.num_heads, -1, self.head_dim))
+        summary = (sums @ q[..., None])[..., 0] / (counts[:, None].clamp(min=1) * math.sqrt(self.head_dim))
+        summary = summary.masked_fill(counts[:, None] == 0, float("-inf"))  # (N, H, n)
+        top = min(self.top_k, self.num_chunks)
+        picked = torch.sort(summary, dim=-1, descending=True, stable=True).indices[..., :top]  # (N, H, k)
+        picked_scores = summary.gather(-1, picked)
+        alpha = masked_softmax(picked_scores, torch.isfinite(picked_scores))  # (N, H, k)
+        slot = order[:, None, :].expand(-1, self.num_heads, -1).gather(-1, picked)  # (N, H, k): ring slots
+        gather = slot[..., None, None].expand(-1, -1, -1, c, self.head_dim)
+        keys, values = cache.keys.gather(2, gather), cache.values.gather(2, gather)  # (N, H, k, c, d)
+        heads_index = torch.arange(n_env, device=query.device)[:, None, None]
+        valid = cache.valid[heads_index, slot]  # (N, H, k, c)
+        inside = masked_softmax((keys @ q[:, :, None, :, None])[..., 0] / math.sqrt(self.head_dim), valid)
+        weights = alpha[..., None] * inside  # (N, H, k, c)
+        heads = (weights[..., None] * values).sum((2, 3))  # (N, H, d)
+        out = mha.out_proj(heads.reshape(n_env, mha.embed_dim))  # (N, E)
+        if not need_weights:
+            return out, None
+        rank = torch.empty_like(order).scatter_(1, order, torch.arange(self.num_chunks, device=order.device)
+                                                .expand_as(order))  # (N, n): a ring slot's place, oldest first
+        where = rank[:, None].expand(-1, self.num_heads, -1).gather(-1, slot)  # (N, H, k)
+        chunk_w = torch.zeros_like(summary).scatter_(-1, where, alpha)
+        key_w = torch.zeros(*summary.shape, c, device=query.device).scatter_(
+            2, where[..., None].expand(-1, -1, -1, c), weights)
+        return out, HierarchicalWeights(chunk_w, key_w)
+
+    def weights_by_lag(self, weights: HierarchicalWeights, cache: ChunkCache) -> Tensor:
+        """:meth:`read_step`'s key weights ``(N, H, n, c)`` (read from ``cache``) by lag, ``(N, H, capacity + 1)``:
+        index ``l`` is the step ``l`` back (lag 0, the current step, is never read)."""
+        c, n = self.chunk_size, self.num_chunks
+        newest = (cache.position - 1).clamp(min=0) // c  # (N,)
+        chunk = newest[:, None] - (n - 1) + torch.arange(n, device=newest.device)  # (N, n), oldest first
+        step = chunk[:, :, None] * c + torch.arange(c, device=newest.device)  # (N, n, c)
+        lag = (cache.position[:, None, None] - step).clamp(0, self.capacity)  # (N, n, c); the invalid ones have 0 weight
+        by_lag = torch.zeros(*weights.keys.shape[:2], self.capacity + 1, device=lag.device)
+        return by_lag.scatter_add_(-1, lag.flatten(1)[:, None].expand(-1, weights.keys.shape[1], -1),
+                                   weights.keys.flatten(2))
+
+    def write_step(self, slot: Tensor, cache: ChunkCache) -> ChunkCache:
+        """Write each env's slot ``(N, E)`` at its episode's next position; a new chunk clears its ring slot."""
+        k, v = self.attention.project_key_value(slot[:, None], slot[:, None])  # (N, H, 1, d)
+        k, v = k[:, :, 0], v[:, :, 0]  # (N, H, d)
+        env = torch.arange(slot.shape[0], device=slot.device)
+        ring = (cache.position // self.chunk_size) % self.num_chunks  # (N,)
+        offset = cache.position % self.chunk_size
+        fresh = offset == 0  # a new chunk starts: the ring slot's old chunk is forgotten
+        valid = cache.valid.clone()
+        valid[env, ring] = valid[env, ring] & ~fresh[:, None]
+        valid[env, ring, offset] = True
+        key_sums = cache.key_sums.clone()
+        key_sums[env, :, ring] = key_sums[env, :, ring] * ~fresh[:, None, None] + k
+        keys, values = cache.keys.clone(), cache.values.clone()
+        keys[env, :, ring, offset], values[env, :, ring, offset] = k, v
+        return ChunkCache(keys, values, valid, key_sums, cache.position + 1)
+
+    def refresh(self, slots: Tensor, cache: ChunkCache) -> ChunkCache:
+        """The cache recomputed from the last ``P >= capacity`` slots written, ``(N, P, E)`` (the last one at position
+        ``position - 1``), under the current parameters: how a cache is rebuilt after an update."""
+        n_env, length = slots.shape[:2]
+        k, v = self.attention.project_key_value(slots, slots)  # (N, H, P, d)
+        c, n = self.chunk_size, self.num_chunks
+        newest = (cache.position - 1).clamp(min=0) // c  # (N,)
+        ring = torch.arange(n, device=slots.device)
+        chunk = newest[:, None] - (newest[:, None] - ring) % n  # (N, n): the chunk each ring slot holds
+        step = chunk[:, :, None] * c + torch.arange(c, device=slots.device)  # (N, n, c): its steps' positions
+        index = (step - cache.position[:, None, None] + length).clamp(0, length - 1)  # (N, n, c) into the P slots
+        gather = index.flatten(1)[:, None, :, None].expand(-1, self.num_heads, -1, self.head_dim)
+        shape = (n_env, self.num_heads, n, c, self.head_dim)
+        keep = cache.valid[:, None, :, :, None]
+        keys = k.gather(2, gather).view(shape) * keep
+        values = v.gather(2, gather).view(shape) * keep
+        return ChunkCache(keys, values, cache.valid, keys.sum(3), cache.position)
+
+    def read_sequence(self, queries: Tensor, slots: Tensor, starts: Tensor, first_position: Tensor | None = None,
+                      need_weights: bool = False) -> tuple[Tensor, HierarchicalWeights | None]:
+        """Reads at the last ``T`` of ``S`` positions, as :meth:`EpisodicMemory.read_sequence`: ``queries``
+        ``(B, T, E)``, ``slots`` ``(B, S, E)``, ``starts`` ``(B, S)``. ``first_position`` ``(B,)`` is the episode step
+        of position 0 when no start precedes it in the sequence (default 0). Returns ``(B, T, E)`` and the weights
+        ``(B, H, T, G)`` and ``(B, H, T, S)`` if asked (chunks numbered from the oldest in the sequence)."""
+        batch, length = starts.shape
+        steps = queries.shape[1]
+        index = torch.arange(length, device=starts.device)
+        last_start = torch.where(starts, index, -1).cummax(-1).values  # (B, S)
+        first = torch.zeros(batch, dtype=torch.long, device=starts.device) if first_position is None else first_position
+        position = torch.where(last_start >= 0, index - last_start, first[:, None] + index)  # step in its episode
+        episode = starts.long().cumsum(-1)
+        chunk = torch.div(position, self.chunk_size, rounding_mode="floor")  # (B, S)
+        now = slice(length - steps, length)
+        oldest = torch.div(position[:, now] - 1, self.chunk_size, rounding_mode="floor") - self.num_chunks + 1
+        mask = ((episode[:, now, None] == episode[:, None, :]) & (index[None, :] < index[now, None])
+                & (position[:, None, :] >= 0) & (chunk[:, None, :] >= oldest[:, :, None]))  # (B, T, S): past only
+        if not need_weights:  # skip the leading positions no query sees (a rollout of whole episodes: the prefix)
+            seen = mask.any(1).any(0).nonzero()
+            skip = int(seen[0]) if len(seen) else length - 1
+            slots, mask, chunk, position = slots[:, skip:], mask[..., skip:], chunk[:, skip:], position[:, skip:]
+        chunk = torch.where(position >= 0, chunk, chunk.max(-1, keepdim=True).values)  # unseen: any valid id
+        chunk_ids = chunk - chunk.min(-1, keepdim=True).values  # (B, S'), oldest first
+        mha = self.attention
+        q = mha._split_heads(mha.q_proj(queries))  # (B, H, T, d)
+        k, v = mha.project_key_value(slots, slots)  # (B, H, S, d)
+        heads, weights = hierarchical_attention(q, k, v, chunk_ids, self.top_k, mask[:, None])
+        out = mha.out_proj(heads.transpose(1, 2).reshape(batch, steps, mha.embed_dim))
+        return out, (weights if need_weights else None)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -394,3 +394,180 @@ def test_episodic_memory_needs_at_least_one_slot():
 
     with pytest.raises(ValueError, match="capacity must be >= 1"):
         EpisodicMemory(8, 2, capacity=0)
+
+
+# -- hierarchical attention (chapter 5) --------------------------------------------------------------
+def _by_hand_hierarchical(q, k, v, chunk_ids, top_k, mask):
+    """hierarchical_attention's definition with loops, for one batch element: q (H, L, d), k, v (H, S, d)."""
+    heads, length, d = q.shape
+    out = torch.zeros(heads, length, v.shape[-1], dtype=torch.float64)
+    for h in range(heads):
+        for i in range(length):
+            scores = {}
+            for g in sorted(set(chunk_ids.tolist())):
+                seen = [j for j in range(k.shape[1]) if chunk_ids[j] == g and mask[i, j]]
+                if seen:
+                    mean_key = k[h, seen].double().mean(0)
+                    scores[g] = (float(q[h, i].double() @ mean_key) / math.sqrt(d), seen)
+            kept = sorted(scores, key=lambda g: (-scores[g][0], g))[:top_k]
+            if not kept:
+                continue
+            alpha = torch.softmax(torch.tensor([scores[g][0] for g in kept], dtype=torch.float64), 0)
+            for a, g in zip(alpha, kept, strict=True):
+                seen = scores[g][1]
+                beta = torch.softmax(k[h, seen].double() @ q[h, i].double() / math.sqrt(d), 0)
+                out[h, i] += a * (beta @ v[h, seen].double())
+    return out
+
+
+@pytest.mark.parametrize("top_k", [1, 2, 3, 10])
+def test_hierarchical_attention_against_its_definition_by_hand(top_k):
+    from companion.attention import hierarchical_attention
+
+    torch.manual_seed(0)
+    q, k, v = torch.randn(1, 2, 9, 4), torch.randn(1, 2, 11, 4), torch.randn(1, 2, 11, 4)
+    chunk_ids = torch.arange(11) // 3  # chunks of 3, 3, 3 and 2 keys
+    mask = torch.rand(9, 11) > 0.3
+    mask[:, 3:6] = False  # chunk 1 is empty for every query: it takes no part
+    mask[4] = False  # a query that sees nothing reads zeros
+    heads, weights = hierarchical_attention(q, k, v, chunk_ids, top_k, mask)
+    expected = _by_hand_hierarchical(q[0], k[0], v[0], chunk_ids, top_k, mask)
+    torch.testing.assert_close(heads[0].double(), expected, atol=1e-5, rtol=1e-5)
+    assert weights.chunks.shape == (1, 2, 9, 4) and weights.keys.shape == (1, 2, 9, 11)
+    assert (weights.chunks[..., 1] == 0).all() and (weights.keys[..., ~mask] == 0).all()
+    assert ((weights.chunks > 0).sum(-1) <= top_k).all()
+    sums = weights.keys.sum(-1)
+    torch.testing.assert_close(sums[..., 4], torch.zeros(1, 2))
+    torch.testing.assert_close(torch.cat([sums[..., :4], sums[..., 5:]], -1), torch.ones(1, 2, 8))
+
+
+def test_hierarchical_attention_with_chunks_of_one_and_every_chunk_kept_is_multi_head_attention():
+    from companion.attention import HierarchicalAttention, causal_mask
+
+    torch.manual_seed(1)
+    hier = HierarchicalAttention(8, 2, chunk_size=1, top_k=7)
+    x = torch.randn(3, 7, 8)
+    out, weights = hier(x, x, x, causal_mask(7), need_weights=True)
+    flat, flat_weights = hier.attention(x, x, x, causal_mask(7), need_weights=True)
+    torch.testing.assert_close(out, flat, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(weights.keys, flat_weights, atol=1e-6, rtol=1e-5)
+
+
+def test_hierarchical_attention_keeping_every_chunk_is_a_blockwise_mixture():
+    """top_k >= the number of chunks: attention inside each chunk (a block-diagonal mask), mixed by the softmax of
+    the chunks' mean-key scores; not flat attention over all keys."""
+    from companion.attention import HierarchicalAttention
+
+    torch.manual_seed(2)
+    hier = HierarchicalAttention(8, 2, chunk_size=4, top_k=3)
+    x, memory = torch.randn(2, 5, 8), torch.randn(2, 12, 8)
+    out, _ = hier(x, memory, memory)
+    mha = hier.attention
+    q, k = mha._split_heads(mha.q_proj(x)), mha._split_heads(mha.k_proj(memory))  # (B, H, L, d), (B, H, 12, d)
+    # per head: the weights inside chunk g times chunk g's values, mixed by the softmax of the chunks' scores
+    scores = torch.stack([q @ k[:, :, g * 4:(g + 1) * 4].mean(2, keepdim=True).transpose(-2, -1) / 2.0
+                          for g in range(3)], -1)[..., 0, :]  # (B, H, L, 3)
+    alpha = torch.softmax(scores, -1)
+    per_head = torch.stack([mha(x, memory[:, g * 4:(g + 1) * 4], memory[:, g * 4:(g + 1) * 4], need_weights=True)[1]
+                            @ mha._split_heads(mha.v_proj(memory[:, g * 4:(g + 1) * 4])) for g in range(3)], -1)
+    mixed = (per_head * alpha[..., None, :]).sum(-1)  # (B, H, L, d)
+    expected = mha.out_proj(mixed.transpose(1, 2).reshape(2, 5, 8))
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(out, mha(x, memory, memory)[0], atol=1e-3)  # and it is not flat attention
+
+
+def test_hierarchical_attention_is_causal_and_its_gradient_reaches_only_kept_chunks():
+    from companion.attention import HierarchicalAttention, causal_mask
+
+    torch.manual_seed(3)
+    hier = HierarchicalAttention(8, 2, chunk_size=3, top_k=1)
+    x = torch.randn(1, 12, 8, requires_grad=True)
+    out, weights = hier(x, x, x, causal_mask(12), need_weights=True)
+    later = x.detach().clone()
+    later[:, 7:] += 3.0
+    torch.testing.assert_close(hier(later, later, later, causal_mask(12))[0][:, :7], out[:, :7])
+    # the last query keeps one chunk per head; the keys of the other chunks get no gradient through the read
+    k = hier.attention._split_heads(hier.attention.k_proj(x))
+    k.retain_grad()
+    q = hier.attention._split_heads(hier.attention.q_proj(x))
+    from companion.attention import hierarchical_attention
+
+    heads, w = hierarchical_attention(q[:, :, -1:], k, k, torch.arange(12) // 3, 1)
+    heads.sum().backward()
+    kept = w.chunks[0, :, 0] > 0  # (H, 4)
+    for h in range(2):
+        for g in range(4):
+            grad = k.grad[0, h, g * 3:(g + 1) * 3]
+            assert (grad.abs().sum() > 0) == bool(kept[h, g]), (h, g)
+
+
+def test_hierarchical_memory_acting_equals_rereading_across_episodes_and_forgotten_chunks():
+    from companion.attention import HierarchicalMemory
+
+    torch.manual_seed(4)
+    memory = HierarchicalMemory(8, 2, capacity=12, chunk_size=3, top_k=2)
+    n, length = 3, 40
+    slots, queries = torch.randn(n, length, 8), torch.randn(n, length, 8)
+    starts = torch.zeros(n, length, dtype=torch.bool)
+    starts[:, 0] = True
+    starts[1, 17] = True  # a new episode mid-sequence
+    starts[2, 5] = starts[2, 6] = True  # a one-step episode
+    cache, outs, keys = memory.empty(n), [], []
+    with torch.no_grad():
+        for t in range(length):
+            cache = cache.reset(starts[:, t])
+            out, w = memory.read_step(queries[:, t], cache, need_weights=True)
+            outs.append(out)
+            keys.append(memory.weights_by_lag(w, cache))
+            cache = memory.write_step(slots[:, t], cache)
+        reread, weights = memory.read_sequence(queries, slots, starts, need_weights=True)
+    torch.testing.assert_close(torch.stack(outs, 1), reread, atol=1e-5, rtol=1e-5)
+    # the same weights, by lag: the key weights of query t over position t - lag
+    for t in (10, 25, 39):
+        by_lag = keys[t]  # (N, H, capacity + 1)
+        for lag in range(1, 13):
+            torch.testing.assert_close(by_lag[:, :, lag], weights.keys[:, :, t, t - lag], atol=1e-6, rtol=1e-5)
+        assert (weights.keys[:, :, t, : max(0, t - 12)] == 0).all()  # nothing older than the capacity
+    # rebuilding the cache from the last 12 slots under the same parameters changes no read
+    rebuilt = memory.refresh(slots[:, -12:], cache)
+    q = torch.randn(n, 8)
+    torch.testing.assert_close(memory.read_step(q, rebuilt)[0], memory.read_step(q, cache)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_hierarchical_memory_rejects_bad_settings():
+    from companion.attention import HierarchicalAttention, HierarchicalMemory, LocalGlobalAttention, \
+        hierarchical_attention
+
+    with pytest.raises(ValueError, match="multiple of chunk_size"):
+        HierarchicalMemory(8, 2, capacity=10, chunk_size=3, top_k=1)
+    with pytest.raises(ValueError, match="top_k"):
+        HierarchicalAttention(8, 2, chunk_size=2, top_k=0)
+    with pytest.raises(ValueError, match="window"):
+        LocalGlobalAttention(8, 2, window=0, chunk_size=2)
+    with pytest.raises(ValueError, match="boolean"):
+        x = torch.randn(1, 1, 2, 4)
+        hierarchical_attention(x, x, x, torch.zeros(2, dtype=torch.long), 1, torch.zeros(2, 2))
+
+
+def test_local_global_attention():
+    from companion.attention import LocalGlobalAttention, causal_mask
+
+    torch.manual_seed(5)
+    wide = LocalGlobalAttention(8, 2, window=10, chunk_size=3)
+    x = torch.randn(2, 10, 8)
+    torch.testing.assert_close(wide(x)[0], wide.attention(x, x, x, causal_mask(10))[0])  # window >= S: flat
+    narrow = LocalGlobalAttention(8, 2, window=3, chunk_size=3)
+    out, weights = narrow(x, need_weights=True)
+    assert weights.shape == (2, 2, 10, 13)
+    later = x.clone()
+    later[:, 6:] += 2.0
+    torch.testing.assert_close(narrow(later)[0][:, :6], out[:, :6])  # causal
+    # step 9 sees steps 7..9 one by one and chunks 0 and 1 (steps 0..5) as means: a reshuffle inside chunk 0
+    # changes nothing; a change of its mean does
+    shuffled = x.clone()
+    shuffled[:, [0, 1, 2]] = x[:, [2, 0, 1]]
+    torch.testing.assert_close(narrow(shuffled)[0][:, 9], out[:, 9])
+    moved = x.clone()
+    moved[:, 0] += 1.0
+    assert not torch.allclose(narrow(moved)[0][:, 9], out[:, 9])
+    assert (weights[:, :, 9, :7] == 0).all() and (weights[:, :, 9, 10:12] > 0).all() and (weights[:, :, 9, 12] == 0).all()

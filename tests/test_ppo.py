@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from companion.agents import A2C, AGENTS, PPO, PPOLSTM, PPOAttention, PPOMemory
+from companion.agents import A2C, AGENTS, PPO, PPOLSTM, PPOAttention, PPOHierarchicalMemory, PPOMemory
 from companion.agents.actor_critic import explained_variance
 from companion.agents.ppo import ppo_loss
 from companion.buffers import Rollout, gae
@@ -34,6 +34,7 @@ NETWORKS = {
     "attention-critic-only": (PPOAttention, {"attend": "critic"}),
     "attention-2-layers": (PPOAttention, {"num_layers": 2, "context": 4}),
     "memory": (PPOMemory, {"memory": 6}),
+    "hierarchical-memory": (PPOHierarchicalMemory, {"memory": 6, "chunk_size": 2, "top_k": 2}),
 }
 
 
@@ -170,7 +171,7 @@ def test_acting_step_by_step_equals_rereading_the_rollout(name):
     torch.testing.assert_close(torch.stack(values, 1), reread_values, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["lstm", "attention", "attention-2-layers", "memory"])
+@pytest.mark.parametrize("name", ["lstm", "attention", "attention-2-layers", "memory", "hierarchical-memory"])
 def test_no_step_leaks_into_an_earlier_one_or_across_an_episode_start(name):
     cls, overrides = NETWORKS[name]
     agent = _agent(cls, **overrides)
@@ -248,7 +249,7 @@ def test_evaluation_acts_greedily_and_uniformly_at_epsilon_one(name):
 
 
 def test_registry_presets_and_bad_settings():
-    for name in ("ppo", "a2c", "ppo-lstm", "ppo-attn", "ppo-memory"):
+    for name in ("ppo", "a2c", "ppo-lstm", "ppo-attn", "ppo-memory", "ppo-hmemory"):
         for family in ("gym", "popgym", "MinAtar", "ALE"):
             AGENTS[name].preset(family).validate()
         with pytest.raises(ValueError, match="no .* preset"):
@@ -330,7 +331,8 @@ def test_a_time_limit_bootstraps_from_the_final_observation(tmp_path):
     assert list(metrics["length"]) == [3, 3] and list(metrics["return"]) == [3.0, 3.0]
 
 
-@pytest.mark.parametrize("name", ["mlp", "lstm", "attention", "attention-2-layers", "memory"])
+@pytest.mark.parametrize("name", ["mlp", "lstm", "attention", "attention-2-layers", "memory",
+                                  "hierarchical-memory"])
 def test_ppo_first_ratio_is_one_on_the_loops_rollouts(tmp_path, name):
     """On rollouts the loop really collected (the second one starts mid-episode, from a carried state and a
     prefix of earlier steps), the learning path reproduces the acting path's log-probabilities and values."""
@@ -662,4 +664,17 @@ def test_memory_agent_attention_maps_are_indexed_by_lag():
         held = min(t, 6)
         assert (w[..., 0] == 0).all() and (w[..., held + 1:] == 0).all()  # lag 0 and lags never written
         assert (w[..., 1:held + 1] > 0).all()
+        np.testing.assert_allclose(w.sum(-1), 1.0 if held else 0.0, atol=1e-6)
+
+
+def test_hierarchical_memory_agent_maps_are_indexed_by_lag_and_forget_whole_chunks():
+    agent = _agent(PPOHierarchicalMemory, memory=6, chunk_size=2, top_k=3)  # 3 chunks of 2 steps, all read
+    rng, state = np.random.default_rng(0), agent.initial_state()
+    for t in range(9):
+        _, state, w = agent.act_with_attention(np.full(3, float(t), np.float32), state, 0.0, rng)
+        assert w.shape == (1, 4, 7)
+        oldest = max(0, ((t - 1) // 2 - 2) * 2) if t else 0  # the first step of the oldest chunk still held
+        held = t - oldest  # lags 1 .. held are in memory
+        assert (w[..., 0] == 0).all() and (w[..., held + 1:] == 0).all()
+        assert (w[..., 1:held + 1] > 0).all(), t
         np.testing.assert_allclose(w.sum(-1), 1.0 if held else 0.0, atol=1e-6)

@@ -256,7 +256,7 @@ def _on_policy_run(tmp_path, name, algo, stop_at=None, **fields):
     return train(run, agent, tmp_path / name, show_progress=False, stop_at=stop_at)
 
 
-@pytest.mark.parametrize("algo", ["ppo", "a2c", "ppo-lstm", "ppo-attn", "ppo-memory"])
+@pytest.mark.parametrize("algo", ["ppo", "a2c", "ppo-lstm", "ppo-attn", "ppo-memory", "ppo-hmemory"])
 def test_on_policy_resume_equals_an_uninterrupted_run(tmp_path, algo):
     """A checkpoint at a rollout boundary keeps each env's episode seed and actions so far (replayed on
     resume), the agents' states, the attention prefix and the logs: the records continue unchanged."""

@@ -19,6 +19,8 @@ from companion.agents.ppo import (
     PPOAttention,
     PPOAttentionConfig,
     PPOConfig,
+    PPOHierarchicalMemory,
+    PPOHierarchicalMemoryConfig,
     PPOLSTMConfig,
     PPOMemory,
     PPOMemoryConfig,
@@ -28,9 +30,11 @@ from companion.agents.sadqn import SADQN, EntitySADQN, SADQNConfig
 #: name used on the command line -> agent class
 AGENTS: dict[str, type[Agent]] = {"dqn": DQN, "drqn": DRQN, "darqn": DARQN, "sadqn": SADQN,
                                   "sadqn-entity": EntitySADQN, "ppo": PPO, "a2c": A2C, "ppo-lstm": PPOLSTM,
-                                  "ppo-attn": PPOAttention, "ppo-memory": PPOMemory, "nec": NEC}
+                                  "ppo-attn": PPOAttention, "ppo-memory": PPOMemory,
+                                  "ppo-hmemory": PPOHierarchicalMemory, "nec": NEC}
 
 __all__ = ["A2C", "AGENTS", "DARQN", "DQN", "DRQN", "NEC", "PPO", "PPOLSTM", "SADQN", "ActorCriticAgent",
            "ActorCriticConfig", "Agent", "DARQNConfig", "DQNConfig", "DRQNConfig", "EntitySADQN", "NECConfig",
-           "PPOAttention", "PPOAttentionConfig", "PPOConfig", "PPOLSTMConfig", "PPOMemory", "PPOMemoryConfig", "QAgent",
+           "PPOAttention", "PPOAttentionConfig", "PPOConfig", "PPOHierarchicalMemory",
+           "PPOHierarchicalMemoryConfig", "PPOLSTMConfig", "PPOMemory", "PPOMemoryConfig", "QAgent",
            "QLearningConfig", "SADQNConfig"]

@@ -37,7 +37,14 @@ from torch import Tensor, nn
 from torch.distributions import Categorical
 
 from companion.agents.base import Agent
-from companion.attention import EpisodicMemory, MemoryCache, TransformerBlock, window_mask
+from companion.attention import (
+    ChunkCache,
+    EpisodicMemory,
+    HierarchicalMemory,
+    MemoryCache,
+    TransformerBlock,
+    window_mask,
+)
 from companion.buffers import Rollout
 from companion.networks import make_encoder
 
@@ -398,6 +405,10 @@ class MemoryActorCritic(ActorCriticNet):
     ``M`` steps back (the whole episode when ``M`` is at least its length), at ``O(M)`` per step while acting.
     Learning re-reads each rollout with the ``M`` steps before it (``history_prefix = M``), and gradients reach
     the slots of those steps too.
+
+    With ``read="hierarchical"`` (book chapter 5) the memory is a
+    :class:`~companion.attention.HierarchicalMemory`: the same slots in chunks of ``chunk_size`` steps, read by
+    scoring each chunk's mean key and attending inside the ``top_k`` best chunks, ``O(M / c + k c)`` per step.
     """
 
     sequential = True
@@ -407,42 +418,49 @@ class MemoryActorCritic(ActorCriticNet):
         self.encoder, width = _encoder(obs_shape, config)
         self.query = nn.Linear(width, config.d_model)
         self.slot = nn.Linear(width, config.d_model)
-        self.memory = EpisodicMemory(config.d_model, config.num_heads, config.memory)
+        self.hierarchical = getattr(config, "read", "flat") == "hierarchical"
+        self.memory: EpisodicMemory | HierarchicalMemory = (
+            HierarchicalMemory(config.d_model, config.num_heads, config.memory, config.chunk_size, config.top_k)
+            if self.hierarchical else EpisodicMemory(config.d_model, config.num_heads, config.memory))
         self.torso = _orthogonal(nn.Sequential(nn.Linear(width + config.d_model, config.d_model), nn.Tanh()),
                                  math.sqrt(2))
         self.policy = _orthogonal(nn.Linear(config.d_model, n_actions), 0.01)
         self.value = _orthogonal(nn.Linear(config.d_model, 1), 1.0)
         self.history_prefix = config.memory
 
-    def initial_state(self, n: int) -> MemoryCache:
+    def initial_state(self, n: int) -> MemoryCache | ChunkCache:
         return self.memory.empty(n)
 
-    def reset_state(self, state: MemoryCache, done: Tensor) -> MemoryCache:
+    def reset_state(self, state: Any, done: Tensor) -> Any:
         return state.reset(done)
 
-    def select_state(self, state: MemoryCache, index: Tensor) -> MemoryCache:
+    def select_state(self, state: Any, index: Tensor) -> Any:
         return state.select(index)
 
-    def state_to_save(self, state: MemoryCache) -> tuple[Tensor, Tensor, Tensor]:
+    def state_to_save(self, state: Any) -> tuple[Tensor, ...]:
         return tuple(state)  # a plain tuple: torch.load(weights_only=True) rebuilds no class of ours
 
-    def state_from_saved(self, saved: tuple[Tensor, Tensor, Tensor]) -> MemoryCache:
-        return MemoryCache(*saved)
+    def state_from_saved(self, saved: tuple[Tensor, ...]) -> MemoryCache | ChunkCache:
+        return ChunkCache(*saved) if self.hierarchical else MemoryCache(*saved)
 
     def _heads(self, z: Tensor, read: Tensor) -> tuple[Tensor, Tensor]:
         h = self.torso(torch.cat([z, read], dim=-1))
         return self.policy(h), self.value(h).squeeze(-1)
 
-    def step(self, obs: Tensor, state: MemoryCache, need_weights: bool = False) -> tuple[Tensor, Tensor, Any]:
+    def step(self, obs: Tensor, state: Any, need_weights: bool = False) -> tuple[Tensor, Tensor, Any]:
         """One step of ``N`` envs: read, then write. With ``need_weights`` the state is followed by the read's
         weights by lag, ``(N, 1, H, M + 1)`` (index ``k``: the step ``k`` back; lag 0, the current step, is never
-        read and stays 0), shaped as :class:`AttentionActorCritic`'s for :mod:`companion.viz`."""
+        read and stays 0), shaped as :class:`AttentionActorCritic`'s for :mod:`companion.viz`; a hierarchical
+        read gives each step's weight in the output, its chunk's weight times its weight inside the chunk."""
         z = self.encoder(obs)  # (N, F)
         read, weights = self.memory.read_step(self.query(z), state, need_weights)  # (N, E)
         logits, values = self._heads(z, read)
         next_state = self.memory.write_step(self.slot(z), state)
         if need_weights:
-            by_lag = torch.cat([torch.zeros_like(weights[..., :1]), weights.flip(-1)], dim=-1)  # (N, H, M + 1)
+            if self.hierarchical:
+                by_lag = self.memory.weights_by_lag(weights, state)  # (N, H, M + 1)
+            else:
+                by_lag = torch.cat([torch.zeros_like(weights[..., :1]), weights.flip(-1)], dim=-1)  # (N, H, M + 1)
             return logits, values, (next_state, by_lag[:, None])
         return logits, values, next_state
 
@@ -455,16 +473,20 @@ class MemoryActorCritic(ActorCriticNet):
             obs_all, starts_all = obs, starts
         z = self.encoder(obs_all.flatten(0, 1)).view(batch, obs_all.shape[1], -1)  # (B, P+T, F)
         z_now = z[:, -steps:]
-        read, _ = self.memory.read_sequence(self.query(z_now), self.slot(z), starts_all)  # (B, T, E)
+        if self.hierarchical:  # chunks are counted from the episode's start: where did this sequence begin?
+            first = state.position - (obs_all.shape[1] - steps)  # (B,) the episode step of the first position
+            read, _ = self.memory.read_sequence(self.query(z_now), self.slot(z), starts_all, first)  # (B, T, E)
+        else:
+            read, _ = self.memory.read_sequence(self.query(z_now), self.slot(z), starts_all)  # (B, T, E)
         logits, values = self._heads(z_now, read)
         return logits, values
 
-    def refresh_state(self, state: MemoryCache, prefix_obs: Tensor, prefix_starts: Tensor) -> MemoryCache:
+    def refresh_state(self, state: Any, prefix_obs: Tensor, prefix_starts: Tensor) -> Any:
         """The cached keys and values recomputed from the last ``M`` steps under the current parameters."""
         obs = prefix_obs.transpose(0, 1)  # (N, P, ...)
         n, length = obs.shape[:2]
         slots = self.slot(self.encoder(obs.flatten(0, 1))).view(n, length, -1)
-        return self.memory.fill(slots, state.valid)
+        return self.memory.refresh(slots, state)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -54,7 +54,7 @@ from companion.agents.actor_critic import (
 )
 
 __all__ = ["A2C", "PPO", "PPOAttention", "PPOAttentionConfig", "PPOConfig", "PPOLSTM", "PPOLSTMConfig", "PPOMemory",
-           "PPOMemoryConfig", "ppo_loss"]
+           "PPOMemoryConfig", "PPOHierarchicalMemory", "PPOHierarchicalMemoryConfig", "ppo_loss"]
 
 
 @dataclasses.dataclass
@@ -101,12 +101,27 @@ class PPOMemoryConfig(PPOConfig):
     d_model: int = 64
     num_heads: int = 4
     memory: int = 256  # M: how many past steps a read reaches back
+    read: str = "flat"  # "flat": attention over every slot; "hierarchical": the top_k chunks (chapter 5)
+    chunk_size: int = 16  # read="hierarchical": c, steps per chunk (memory must be a multiple of it)
+    top_k: int = 2  # read="hierarchical": k, chunks read per step
 
     def validate(self) -> None:
         super().validate()
         if self.memory < 1 or self.d_model % self.num_heads:
             raise ValueError(f"need memory >= 1 and d_model a multiple of num_heads; got {self.memory}, "
                              f"{self.d_model}, {self.num_heads}")
+        if self.read not in ("flat", "hierarchical"):
+            raise ValueError(f"read must be 'flat' or 'hierarchical', got {self.read!r}")
+        if self.read == "hierarchical" and (self.chunk_size < 1 or self.top_k < 1 or self.memory % self.chunk_size):
+            raise ValueError(f"read='hierarchical' needs chunk_size >= 1, top_k >= 1 and memory a multiple of "
+                             f"chunk_size; got memory {self.memory}, chunk_size {self.chunk_size}, top_k {self.top_k}")
+
+
+@dataclasses.dataclass
+class PPOHierarchicalMemoryConfig(PPOMemoryConfig):
+    """:class:`PPOMemoryConfig` with the hierarchical read (chapter 5): chunks of 16 steps, the best 2 read."""
+
+    read: str = "hierarchical"
 
 
 def ppo_loss(logits: Tensor, values: Tensor, actions: Tensor, old_log_probs: Tensor, old_values: Tensor,
@@ -260,3 +275,10 @@ class PPOMemory(_AttentionMaps, PPO):
     @staticmethod
     def make_network(obs_shape: tuple[int, ...], n_actions: int, config: Any) -> Any:
         return MemoryActorCritic(obs_shape, n_actions, config)
+
+
+class PPOHierarchicalMemory(PPOMemory):
+    """PPO whose actor and critic read an episodic memory by hierarchical attention (chapter 5): ``ppo-memory``
+    with ``read="hierarchical"``."""
+
+    Config = PPOHierarchicalMemoryConfig
