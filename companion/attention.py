@@ -710,7 +710,9 @@ class HierarchicalMemory(nn.Module):
     recent chunks, the current, partial one included; an older chunk is forgotten whole). Acting keeps a
     :class:`ChunkCache` with each chunk's key sum, so a read scores ``n`` summaries, then attends over the ``k c``
     slots of the ``k`` kept chunks: ``O(n + k c)`` per step, against ``O(n c)`` for the flat read. Learning reads a
-    whole sequence at once (:meth:`read_sequence`, dense); both give the same numbers.
+    whole sequence at once (:meth:`read_sequence`, dense); both give the same numbers. One caveat: chunks whose
+    scores tie exactly (chunks of the same content, as a corridor's) give the same read whichever is kept, but the
+    two paths round their scores differently and may keep different ones, so their weights can differ there.
 
     Args:
         dim, num_heads: as for :class:`EpisodicMemory`.

@@ -1,4 +1,5 @@
-"""Self-check functions for the exercises of chapters 1 (attention), 3 (actor-critic) and 4 (memory).
+"""Self-check functions for the exercises of chapters 1 (attention), 3 (actor-critic), 4 (memory) and 5
+(hierarchical attention).
 
 Each ``check_*`` function runs the reader's function on random inputs, compares it with the
 companion's implementation, prints a one-line verdict, and returns ``True`` when it is right. When it
@@ -17,9 +18,9 @@ from torch import Tensor
 from companion.attention import causal_mask, scaled_dot_product_attention, window_mask
 from companion.buffers import gae
 
-__all__ = ["check_attention", "check_causal_mask", "check_clipped_objective", "check_gae", "check_is_weights",
-           "check_masked_attention", "check_memory_mask", "check_split_heads", "check_sum_tree_find",
-           "check_window_mask"]
+__all__ = ["check_attention", "check_best_chunk_size", "check_causal_mask", "check_chunk_summaries",
+           "check_clipped_objective", "check_gae", "check_is_weights", "check_masked_attention", "check_memory_mask",
+           "check_split_heads", "check_sum_tree_find", "check_window_mask"]
 
 
 def _close(a: object, b: Tensor) -> bool:
@@ -354,3 +355,47 @@ def check_memory_mask(fn: Callable[[Tensor, int], object]) -> bool:
             return False
     print("check_memory_mask: not yet; compare your mask with the rule above, row by row.")
     return False
+
+
+def check_best_chunk_size(fn: Callable[[int, int], object]) -> bool:
+    """Chapter 5: ``fn(L, k)`` returns the whole chunk size ``c`` (``1 <= c <= L``) that makes a hierarchical read's
+    cost ``L / c + k c`` (summaries scored, plus keys read inside the kept chunks) smallest; the lower ``c`` on a
+    tie."""
+    name = "best chunk size"
+    cases = [(64, 1), (1024, 2), (4096, 2), (16_384, 4), (1000, 3), (10, 10)]
+    for length, k in cases:
+        costs = [length / c + k * c for c in range(1, length + 1)]
+        expected = 1 + int(np.argmin(costs))
+        result, error = _run(name, fn, length, k)
+        if error:
+            print(error)
+            return False
+        if result == expected:
+            continue
+        mistakes = {"sqrt(L): k left out": round(math.sqrt(length)), "sqrt(k L)": round(math.sqrt(k * length)),
+                    "L / k": length // k}
+        named = [m for m, value in mistakes.items() if result == value and value != expected]
+        print(f"{name}: for L = {length}, k = {k} expected {expected}, got {result}"
+              + (f" (looks like {named[0]})" if named else "") + ".")
+        return False
+    print(f"{name}: correct.")
+    return True
+
+
+def check_chunk_summaries(fn: Callable[[Tensor, int], object]) -> bool:
+    """Chapter 5: ``fn(keys, c)`` returns each chunk's summary key, the mean of its keys: ``keys`` ``(S, d)``,
+    chunk ``g`` holding keys ``g c .. g c + c - 1`` (the last chunk may be shorter); returns ``(ceil(S / c), d)``."""
+    name = "chunk summaries"
+    gen = torch.Generator().manual_seed(5)
+    keys, c = torch.randn(11, 3, generator=gen, dtype=torch.float64), 4
+    chunks = [keys[g:g + c] for g in range(0, len(keys), c)]
+    expected = torch.stack([chunk.mean(0) for chunk in chunks])
+    result, error = _run(name, fn, keys.clone(), c)
+    if error:
+        print(error)
+        return False
+    mistakes = {"sums, not means": torch.stack([chunk.sum(0) for chunk in chunks]),
+                "the short last chunk divided by c, not by its length": torch.stack([chunk.sum(0) / c
+                                                                                     for chunk in chunks]),
+                "the short last chunk left out": expected[:-1]}
+    return _verdict(name, _as_tensor(result), expected, mistakes)

@@ -11,7 +11,8 @@ Reading order: :func:`record_episode` (act and keep the weights), :func:`locatio
 :func:`render_frame`, then :func:`attention_strip` (a figure) and :func:`attention_gif` (an animation).
 Chapter 7: :func:`history_matrix` and :func:`plot_history_attention` (which past steps each step read),
 :func:`attention_by_lag` (how far back, on average), :func:`entity_heat` and :func:`entity_panel` (which
-cells of a frame attend to which).
+cells of a frame attend to which). Chapter 5: :func:`hierarchical_reads` and :func:`plot_two_level` (which chunks a
+hierarchical memory picks, and where inside them it looks).
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["Episode", "attention_by_lag", "attention_gif", "attention_strip", "entity_heat", "entity_panel",
-           "history_matrix", "location_heatmap", "overlay", "plot_history_attention", "record_episode",
-           "render_frame"]
+           "hierarchical_reads", "history_matrix", "location_heatmap", "overlay", "plot_history_attention",
+           "plot_two_level", "record_episode", "render_frame"]
 
 
 class Episode(dict):
@@ -260,5 +261,69 @@ def entity_panel(obs: np.ndarray, weights: np.ndarray, cnn: Any, queries: list[t
                                    edgecolor="white", linewidth=1.5, linestyle="--"))
         ax.set_title(name, fontsize=8)
         ax.set_axis_off()
+    fig.tight_layout()
+    return fig
+
+
+def hierarchical_reads(agent: Any, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where a hierarchical-memory agent (``ppo-hmemory``) read at every step of one episode ``obs`` ``(T, ...)``,
+    at both levels: chunk weights ``(H, T, G)`` and step weights ``(H, T, T)`` (row ``t``: the read at step ``t``;
+    column ``j``: step ``j``'s slot; chunk ``g`` holds steps ``g c .. g c + c - 1``). The episode is re-read as
+    learning reads it (:meth:`~companion.attention.HierarchicalMemory.read_sequence`), which gives the acting
+    read's numbers."""
+    net = agent.policy_network()
+    if not getattr(net, "hierarchical", False):
+        raise ValueError("hierarchical_reads needs an agent with a hierarchical memory (--algo ppo-hmemory)")
+    x = torch.as_tensor(np.asarray(obs), device=agent.device)[None]
+    x = x if x.dtype == torch.uint8 else x.float()
+    steps = x.shape[1]
+    starts = torch.zeros(1, steps, dtype=torch.bool, device=agent.device)
+    starts[0, 0] = True
+    with torch.no_grad():
+        z = net.encoder(x.flatten(0, 1)).view(1, steps, -1)  # (1, T, F)
+        _, weights = net.memory.read_sequence(net.query(z), net.slot(z), starts, need_weights=True)
+    return weights.chunks[0].cpu().numpy(), weights.keys[0].cpu().numpy()
+
+
+def plot_two_level(chunks: np.ndarray, keys: np.ndarray, step: int, chunk_size: int, marks: dict[str, int] = (),
+                   title: str = ""):
+    """Three panels for :func:`hierarchical_reads`' weights (means over heads where a map has no room for heads):
+    the chunk weights of every step's read (which chunks each step picks), the step weights of every read
+    (where inside them it looks), and, per head, the read at ``step``: each past step's weight, chunk borders
+    dotted. ``marks``: labelled steps to flag (``{"cue": 0}``). Returns the figure."""
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import LogNorm
+
+    chunk_mean, key_mean = chunks.mean(0), keys.mean(0)  # (T, G), (T, T)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.9), gridspec_kw={"width_ratios": [1, 1, 1.3]})
+    image = axes[0].imshow(chunk_mean, aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+    axes[0].set_xlabel(f"chunk g (steps g·{chunk_size} .. g·{chunk_size} + {chunk_size - 1})")
+    axes[0].set_ylabel("step t (the read)")
+    axes[0].set_title("level 1: the weight of each chunk", fontsize=9)
+    fig.colorbar(image, ax=axes[0], fraction=0.046, pad=0.04)
+    shown = np.ma.masked_where(key_mean <= 0, key_mean)
+    image = axes[1].imshow(shown, aspect="auto", cmap="viridis", norm=LogNorm(vmin=1e-3, vmax=1),
+                           interpolation="nearest")
+    axes[1].set_xlabel("step j (the slot read)")
+    axes[1].set_title("level 2: the weight of each step (log scale)", fontsize=9)
+    fig.colorbar(image, ax=axes[1], fraction=0.046, pad=0.04)
+    past = np.arange(step)
+    for h in range(keys.shape[0]):
+        axes[2].plot(past, keys[h, step, :step], lw=1.2, label=f"head {h}")
+    for border in range(chunk_size, step, chunk_size):
+        axes[2].axvline(border - 0.5, color="grey", lw=0.5, ls=":")
+    for name, at in dict(marks).items():
+        for ax in axes[:2]:
+            ax.axvline(at / (chunk_size if ax is axes[0] else 1), color="tab:red", lw=0.8, ls="--")
+        axes[2].annotate(name, (at, 1.0), color="tab:red", fontsize=8, ha="left", va="top")
+    axes[1].axhline(step, color="white", lw=0.6, ls="--")
+    axes[2].set_yscale("log")
+    axes[2].set_ylim(1e-4, 1.5)
+    axes[2].set_xlabel("step j")
+    axes[2].set_ylabel(f"weight in the read at step {step}")
+    axes[2].set_title(f"the read at step {step}, head by head", fontsize=9)
+    axes[2].legend(fontsize="small", loc="lower right")
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig

@@ -185,3 +185,26 @@ def test_check_memory_mask(capsys):
     assert "one step too short" in capsys.readouterr().out
     assert not check_memory_mask(lambda s, M: mask(s, M, same_episode=False))
     assert "crosses the episode start" in capsys.readouterr().out
+
+
+def test_chapter5_checks_accept_solutions_and_name_mistakes(capsys):
+    from companion.exercises import check_best_chunk_size, check_chunk_summaries
+
+    def best(length, k):
+        costs = [length / c + k * c for c in range(1, length + 1)]
+        return 1 + costs.index(min(costs))
+
+    assert check_best_chunk_size(best)
+    assert not check_best_chunk_size(lambda length, k: round(math.sqrt(length)))
+    assert "k left out" in capsys.readouterr().out
+
+    def summaries(keys, c):
+        return torch.stack([keys[g:g + c].mean(0) for g in range(0, len(keys), c)])
+
+    assert check_chunk_summaries(summaries)
+    assert not check_chunk_summaries(lambda keys, c: torch.stack([keys[g:g + c].sum(0) / c
+                                                                  for g in range(0, len(keys), c)]))
+    assert "divided by c" in capsys.readouterr().out
+    assert not check_chunk_summaries(lambda keys, c: torch.stack([keys[g:g + c].sum(0)
+                                                                  for g in range(0, len(keys), c)]))
+    assert "sums, not means" in capsys.readouterr().out

@@ -150,3 +150,33 @@ def test_entity_attention_panel():
         entity_panel(obs, weights, agent.q.cnn, queries=[(8, 0)])
     with pytest.raises(ValueError, match="entity weights"):
         entity_heat(weights[0])
+
+
+def test_hierarchical_reads_match_acting_and_draw(tmp_path):
+    import dataclasses
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from companion.agents import PPOHierarchicalMemory, PPOMemory
+    from companion.viz import hierarchical_reads, plot_two_level, record_episode
+
+    config = dataclasses.replace(PPOHierarchicalMemory.preset("gym"), memory=16, chunk_size=4, top_k=2)
+    torch.manual_seed(0)
+    agent = PPOHierarchicalMemory((6,), 2, config, torch.device("cpu"))
+    # noisy corridor steps, so that no two chunks tie: CueRecall's identical corridor chunks do, and the acting and
+    # the re-reading path may keep different ones of the same content (the same read, the weights elsewhere)
+    env = make_env("CueRecall-v0", delay=16, noise=1.0, noise_dims=2)
+    episode = record_episode(agent, env, seed=1, max_steps=18)
+    chunks, keys = hierarchical_reads(agent, episode.obs)
+    assert chunks.shape == (4, 18, 5) and keys.shape == (4, 18, 18)
+    acting = episode.weights[:, 0]  # (T, H, M + 1) by lag, from act_with_attention
+    for t in range(1, 18):
+        for lag in range(1, min(t, 16) + 1):
+            np.testing.assert_allclose(acting[t, :, lag], keys[:, t, t - lag], atol=1e-6)
+    assert ((chunks > 0).sum(-1)[:, 1:] <= 2).all() and np.allclose(keys[:, 1:].sum(-1), 1.0, atol=1e-5)
+    fig = plot_two_level(chunks, keys, step=17, chunk_size=4, marks={"cue": 0})
+    fig.savefig(tmp_path / "two_level.png")
+    flat = PPOMemory((6,), 2, PPOMemory.preset("gym"), torch.device("cpu"))
+    with pytest.raises(ValueError, match="hierarchical"):
+        hierarchical_reads(flat, episode.obs)
