@@ -474,7 +474,7 @@ class MemoryActorCritic(ActorCriticNet):
         z = self.encoder(obs_all.flatten(0, 1)).view(batch, obs_all.shape[1], -1)  # (B, P+T, F)
         z_now = z[:, -steps:]
         if self.hierarchical:  # chunks are counted from the episode's start: where did this sequence begin?
-            first = state.position - (obs_all.shape[1] - steps)  # (B,) the episode step of the first position
+            first = None if state is None else state.position - (obs_all.shape[1] - steps)  # (B,) its episode step
             read, _ = self.memory.read_sequence(self.query(z_now), self.slot(z), starts_all, first)  # (B, T, E)
         else:
             read, _ = self.memory.read_sequence(self.query(z_now), self.slot(z), starts_all)  # (B, T, E)
