@@ -12,8 +12,10 @@ hierarchical read (:class:`~companion.attention.HierarchicalMemory`) scores ``L 
 - ``per_step``: one read from a full memory, for ``L = 64 .. 16,384`` (``c`` the power of two nearest
   ``sqrt(L / k)``, where ``L / c + k c`` is smallest): milliseconds and the rise of the process's peak memory;
 - ``chunk_sweep``: one read at ``L = 4,096`` for ``c = 4 .. 1,024``;
-- ``episode``: the reads of a whole episode of ``L`` steps (step ``t`` reads the ``t`` before it), timed at 512
-  evenly spaced steps and scaled by ``L / 512``.
+- ``episode``: the reads of a whole episode of ``L`` steps from a memory that grows with it (step ``t`` reads a
+  memory sized to its ``t`` past steps: flat capacity ``t``; hierarchical ``ceil(t / c)`` chunks, ``c`` chosen for
+  ``L``), timed at 512 evenly spaced steps and scaled by ``L / 512``. The agents' caches have a fixed capacity
+  ``M`` instead: they pay a full memory's read (the ``per_step`` figure at ``L = M``) at every step.
 
 Log-log slopes are fitted over ``L >= 1,024``.
 """
@@ -42,11 +44,13 @@ EPISODE_SAMPLES = 512
 
 
 def best_chunk(length: int, k: int = TOP_K) -> int:
-    """The power of two nearest ``sqrt(L / k)``: where ``L / c + k c`` is smallest."""
+    """A power of two next to ``sqrt(L / k)``, where ``L / c + k c`` is smallest (of the two nearest, the one that
+    ``round`` picks on a log scale)."""
     return min(2 ** round(math.log2(math.sqrt(length / k))), length)
 
 
 def flat_memory(length: int, filled: int) -> tuple[EpisodicMemory, MemoryCache]:
+    """A memory of ``length`` slots holding the last ``filled``."""
     memory = EpisodicMemory(DIM, HEADS, length)
     keys, values = torch.randn(1, HEADS, length, DIM // HEADS), torch.randn(1, HEADS, length, DIM // HEADS)
     valid = torch.arange(length)[None] >= length - filled  # the newest `filled` slots
@@ -54,6 +58,7 @@ def flat_memory(length: int, filled: int) -> tuple[EpisodicMemory, MemoryCache]:
 
 
 def hierarchical_memory(length: int, chunk: int, filled: int) -> tuple[HierarchicalMemory, ChunkCache]:
+    """A memory of ``length`` slots (a multiple of ``chunk``) holding steps ``0 .. filled - 1``."""
     memory = HierarchicalMemory(DIM, HEADS, length, chunk, TOP_K)
     n = length // chunk
     shape = (1, HEADS, n, chunk, DIM // HEADS)
@@ -112,8 +117,8 @@ def main() -> None:
     episode = []
     for length in LENGTHS:
         c = best_chunk(length)
-        flat = episode_ms(lambda t, n=length: flat_memory(n, t), length)
-        hier = episode_ms(lambda t, n=length, c=c: hierarchical_memory(n, c, t), length)
+        flat = episode_ms(lambda t: flat_memory(t, t), length)  # memories that grow with the episode
+        hier = episode_ms(lambda t, c=c: hierarchical_memory(-(-t // c) * c, c, t), length)
         episode.append({"L": length, "c": c, "k": TOP_K, "flat_ms": round(flat, 3), "hier_ms": round(hier, 3)})
         print(f"episode of {length:6d} steps: flat {flat:9.1f} ms  hierarchical {hier:9.1f} ms")
     slopes = {"per_step_flat": slope(per_step, "L", "flat_ms"), "per_step_hier": slope(per_step, "L", "hier_ms"),

@@ -594,7 +594,7 @@ def hierarchical_attention(q: Tensor, k: Tensor, v: Tensor, chunk_ids: Tensor, t
     masked = scores.masked_fill(~visible, float("-inf"))
     chunk_max = torch.full_like(summary, float("-inf")).scatter_reduce(-1, index, masked, "amax")
     shift = chunk_max.gather(-1, index).masked_fill(~visible, 0.0).detach()  # softmax ignores it
-    exp = (scores - shift).exp().masked_fill(~visible, 0.0)  # (B, H, L, S)
+    exp = (masked - shift).exp()  # (B, H, L, S); a hidden key: exp(-inf) = 0, whatever its score (no inf * 0)
     inside = exp / (exp @ one_hot).gather(-1, index).clamp(min=torch.finfo(exp.dtype).tiny)
     key_weights = chunk_weights.gather(-1, index) * inside  # (B, H, L, S)
     return key_weights @ v, HierarchicalWeights(chunk_weights, key_weights)
@@ -642,10 +642,11 @@ class HierarchicalAttention(nn.Module):
 class LocalGlobalAttention(nn.Module):
     """Attention over a local window of keys plus the summaries of older chunks, in one softmax (chapter 5).
 
-    The comparison point for :class:`HierarchicalAttention`: a query at position ``i`` sees the keys ``j`` with
-    ``i - window < j <= i`` one by one, and every *complete* chunk of ``c`` keys that ends before the window as
-    one summary (the mean of its keys and the mean of its values). Nothing is dropped, but the far past is seen
-    only in averages: ``O(window + i / c)`` keys per query.
+    The comparison point for :class:`HierarchicalAttention`: a query at position ``i`` sees the recent keys one by
+    one, from ``b_i = c * floor((i - window + 1) / c)`` (the chunk border at or before the window's start) to ``i``,
+    and every chunk of ``c`` keys wholly before ``b_i`` as one summary (the mean of its keys and the mean of its
+    values). Each past key is seen exactly once, alone or in its chunk's mean. Nothing is dropped, but the far
+    past is seen only in averages: at most ``window + c - 1`` keys and ``i / c`` summaries per query.
 
     Args:
         embed_dim, num_heads: as for :class:`MultiHeadAttention`.
@@ -668,10 +669,10 @@ class LocalGlobalAttention(nn.Module):
         chunks = length // c
         summaries = x[:, : chunks * c].reshape(batch, chunks, c, -1).mean(2)  # (B, G, E)
         positions = torch.arange(length, device=x.device)
-        lag = positions[:, None] - positions[None, :]  # (S, S)
-        local = (lag >= 0) & (lag < self.window)
+        border = (positions - self.window + 1).clamp(min=0) // c * c  # (S,): where each query's local keys start
+        local = (positions[None, :] >= border[:, None]) & (positions[None, :] <= positions[:, None])  # (S, S)
         chunk_end = torch.arange(chunks, device=x.device) * c + c - 1  # the last position of each chunk
-        far = chunk_end[None, :] <= positions[:, None] - self.window  # (S, G): wholly older than the window
+        far = chunk_end[None, :] < border[:, None]  # (S, G): wholly before the local keys
         keys = torch.cat([x, summaries], dim=1)  # (B, S + G, E)
         mask = torch.cat([local, far], dim=1)  # (S, S + G)
         return self.attention(x, keys, keys, mask, need_weights)
@@ -744,6 +745,15 @@ class HierarchicalMemory(nn.Module):
         newest = (cache.position - 1).clamp(min=0) // self.chunk_size  # (N,) the current chunk
         return (newest[:, None] + 1 + torch.arange(self.num_chunks, device=newest.device)) % self.num_chunks
 
+    def _counts(self, position: Tensor) -> Tensor:
+        """``(N, n)``: the steps each held chunk has, oldest first, from the positions alone (no pass over slots)."""
+        c, n = self.chunk_size, self.num_chunks
+        newest = (position - 1).clamp(min=0) // c  # (N,)
+        chunk = newest[:, None] - (n - 1) + torch.arange(n, device=position.device)  # (N, n)
+        last = (position - 1 - newest * c + 1)[:, None]  # steps in the newest chunk
+        counts = torch.where(chunk == newest[:, None], last, torch.full_like(chunk, c))
+        return torch.where((chunk >= 0) & (position[:, None] > 0), counts, torch.zeros_like(chunk))
+
     def read_step(self, query: Tensor, cache: ChunkCache,
                   need_weights: bool = False) -> tuple[Tensor, HierarchicalWeights | None]:
         """Read for ``N`` envs: ``query`` ``(N, E)``. Returns ``(N, E)`` and, if asked, the weights with the chunks
@@ -752,7 +762,7 @@ class HierarchicalMemory(nn.Module):
         n_env = query.shape[0]
         q = mha._split_heads(mha.q_proj(query[:, None]))[:, :, 0]  # (N, H, d)
         order = self._oldest_first(cache)  # (N, n)
-        counts = cache.valid.sum(-1).gather(1, order)  # (N, n)
+        counts = self._counts(cache.position)  # (N, n), oldest first
         sums = cache.key_sums.gather(2, order[:, None, :, None].expand(-1, self.num_heads, -1, self.head_dim))
         summary = (sums @ q[..., None])[..., 0] / (counts[:, None].clamp(min=1) * math.sqrt(self.head_dim))
         summary = summary.masked_fill(counts[:, None] == 0, float("-inf"))  # (N, H, n)

@@ -562,12 +562,44 @@ def test_local_global_attention():
     later = x.clone()
     later[:, 6:] += 2.0
     torch.testing.assert_close(narrow(later)[0][:, :6], out[:, :6])  # causal
-    # step 9 sees steps 7..9 one by one and chunks 0 and 1 (steps 0..5) as means: a reshuffle inside chunk 0
-    # changes nothing; a change of its mean does
+    # step 9 (window 3: the border is 3 * floor(7 / 3) = 6) sees steps 6..9 one by one and chunks 0 and 1
+    # (steps 0..5) as means: a reshuffle inside chunk 0 changes nothing; a change of its mean does
     shuffled = x.clone()
     shuffled[:, [0, 1, 2]] = x[:, [2, 0, 1]]
     torch.testing.assert_close(narrow(shuffled)[0][:, 9], out[:, 9])
     moved = x.clone()
     moved[:, 0] += 1.0
     assert not torch.allclose(narrow(moved)[0][:, 9], out[:, 9])
-    assert (weights[:, :, 9, :7] == 0).all() and (weights[:, :, 9, 10:12] > 0).all() and (weights[:, :, 9, 12] == 0).all()
+    assert (weights[:, :, 9, :6] == 0).all() and (weights[:, :, 9, 6:10] > 0).all()
+    assert (weights[:, :, 9, 10:12] > 0).all() and (weights[:, :, 9, 12] == 0).all()
+    # every past step is seen exactly once, alone or inside one summary
+    chunk_of = torch.arange(10) // 3
+    for i in range(10):
+        alone = weights[0, 0, i, :10] > 0
+        summarised = weights[0, 0, i, 10:][chunk_of.clamp(max=2)].bool() & (chunk_of < 3)
+        assert torch.equal(alone ^ summarised, torch.arange(10) <= i), i
+
+
+def test_hierarchical_attention_has_no_nan_gradient_from_a_large_hidden_score():
+    from companion.attention import hierarchical_attention
+
+    q = torch.ones(1, 1, 1, 4, requires_grad=True)
+    k = torch.tensor([[1.0] * 4, [50.0] * 4, [0.5] * 4])[None, None].requires_grad_()  # key 1: score 100
+    v = torch.randn(1, 1, 3, 4)
+    mask = torch.tensor([[True, False, True]])  # the large score is hidden
+    heads, _ = hierarchical_attention(q, k, v, torch.tensor([0, 0, 1]), 2, mask)
+    heads.sum().backward()
+    assert torch.isfinite(q.grad).all() and torch.isfinite(k.grad).all()
+    assert (k.grad[0, 0, 1] == 0).all()
+
+
+def test_hierarchical_memory_counts_follow_the_positions():
+    from companion.attention import HierarchicalMemory
+
+    memory = HierarchicalMemory(8, 2, capacity=12, chunk_size=3, top_k=1)
+    cache = memory.empty(1)
+    for t in range(20):
+        assert torch.equal(memory._counts(cache.position), cache.valid.sum(-1).gather(1, memory._oldest_first(cache))), t
+        cache = memory.write_step(torch.randn(1, 8), cache)
+    cache = cache.reset(torch.tensor([True]))
+    assert (memory._counts(cache.position) == 0).all()
