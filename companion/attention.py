@@ -796,7 +796,7 @@ class HierarchicalMemory(nn.Module):
         newest = (cache.position - 1).clamp(min=0) // c  # (N,)
         chunk = newest[:, None] - (n - 1) + torch.arange(n, device=newest.device)  # (N, n), oldest first
         step = chunk[:, :, None] * c + torch.arange(c, device=newest.device)  # (N, n, c)
-        lag = (cache.position[:, None, None] - step).clamp(0, self.capacity)  # (N, n, c); the invalid ones have 0 weight
+        lag = (cache.position[:, None, None] - step).clamp(0, self.capacity)  # (N, n, c); invalid: weight 0
         by_lag = torch.zeros(*weights.keys.shape[:2], self.capacity + 1, device=lag.device)
         return by_lag.scatter_add_(-1, lag.flatten(1)[:, None].expand(-1, weights.keys.shape[1], -1),
                                    weights.keys.flatten(2))

@@ -535,8 +535,12 @@ def test_hierarchical_memory_acting_equals_rereading_across_episodes_and_forgott
 
 
 def test_hierarchical_memory_rejects_bad_settings():
-    from companion.attention import HierarchicalAttention, HierarchicalMemory, LocalGlobalAttention, \
-        hierarchical_attention
+    from companion.attention import (
+        HierarchicalAttention,
+        HierarchicalMemory,
+        LocalGlobalAttention,
+        hierarchical_attention,
+    )
 
     with pytest.raises(ValueError, match="multiple of chunk_size"):
         HierarchicalMemory(8, 2, capacity=10, chunk_size=3, top_k=1)
@@ -599,7 +603,8 @@ def test_hierarchical_memory_counts_follow_the_positions():
     memory = HierarchicalMemory(8, 2, capacity=12, chunk_size=3, top_k=1)
     cache = memory.empty(1)
     for t in range(20):
-        assert torch.equal(memory._counts(cache.position), cache.valid.sum(-1).gather(1, memory._oldest_first(cache))), t
+        held = cache.valid.sum(-1).gather(1, memory._oldest_first(cache))  # (1, n), oldest first
+        assert torch.equal(memory._counts(cache.position), held), t
         cache = memory.write_step(torch.randn(1, 8), cache)
     cache = cache.reset(torch.tensor([True]))
     assert (memory._counts(cache.position) == 0).all()
