@@ -17,6 +17,10 @@ hierarchical read (:class:`~companion.attention.HierarchicalMemory`) scores ``L 
   ``L``), timed at 512 evenly spaced steps and scaled by ``L / 512``. The agents' caches have a fixed capacity
   ``M`` instead: they pay a full memory's read (the ``per_step`` figure at ``L = M``) at every step.
 
+- ``agents``: what the read costs inside a training run: env steps per second of ``ppo-memory`` and
+  ``ppo-hmemory`` (``M = 1024``, ``c = 16``, ``k = 2``) on ``CueRecall-D{64,256}-v0`` with chapter 5's sweep
+  settings, 80 episodes each, one after the other in this process (no evaluation).
+
 Log-log slopes are fitted over ``L >= 1,024``.
 """
 
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import math
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -35,7 +40,8 @@ from update_cost import benchmark_args  # noqa: E402
 
 from companion.attention import ChunkCache, EpisodicMemory, HierarchicalMemory, MemoryCache  # noqa: E402
 from companion.cost import peak_memory_bytes, time_call  # noqa: E402
-from companion.records import save_benchmark  # noqa: E402
+from companion.records import RunDir, save_benchmark  # noqa: E402
+from companion.train import build_config, train  # noqa: E402
 
 DIM, HEADS, TOP_K = 64, 4, 2
 LENGTHS = tuple(2 ** p for p in range(6, 15))  # 64 .. 16,384
@@ -90,6 +96,17 @@ def episode_ms(make: callable, length: int) -> float:
     return 1e3 * total * length / len(steps)
 
 
+def agent_steps_per_second(algo: str, delay: int, episodes: int = 80) -> float:
+    """Env steps per second of a short training run with chapter 5's sweep settings (no evaluation)."""
+    length = delay + 2
+    run, config = build_config(algo, f"CueRecall-D{delay}-v0", seed=0, total_steps=episodes * length,
+                               overrides={"n_steps": length, "batch_size": 8 * length, "n_epochs": 4,
+                                          "memory": 1024, "eval_every": 10 ** 9, "eval_episodes": 1})
+    with tempfile.TemporaryDirectory() as folder:
+        train(run, config, Path(folder) / "run", show_progress=False)
+        return float(RunDir(Path(folder) / "run").meta()["steps_per_second"])
+
+
 def slope(rows: list[dict], x: str, y: str) -> float:
     fit = [(math.log(r[x]), math.log(r[y])) for r in rows if r[x] >= 1024]
     return float(np.polyfit(*zip(*fit, strict=True), 1)[0])
@@ -121,6 +138,14 @@ def main() -> None:
         hier = episode_ms(lambda t, c=c: hierarchical_memory(-(-t // c) * c, c, t), length)
         episode.append({"L": length, "c": c, "k": TOP_K, "flat_ms": round(flat, 3), "hier_ms": round(hier, 3)})
         print(f"episode of {length:6d} steps: flat {flat:9.1f} ms  hierarchical {hier:9.1f} ms")
+    agents = []
+    for delay in (64, 256):
+        row = {"env_id": f"CueRecall-D{delay}-v0", "memory": 1024, "c": 16, "k": TOP_K,
+               "flat_steps_per_s": agent_steps_per_second("ppo-memory", delay),
+               "hier_steps_per_s": agent_steps_per_second("ppo-hmemory", delay)}
+        agents.append(row)
+        print(f"D = {delay}: ppo-memory {row['flat_steps_per_s']:.0f} steps/s, "
+              f"ppo-hmemory {row['hier_steps_per_s']:.0f} steps/s")
     slopes = {"per_step_flat": slope(per_step, "L", "flat_ms"), "per_step_hier": slope(per_step, "L", "hier_ms"),
               "episode_flat": slope(episode, "L", "flat_ms"), "episode_hier": slope(episode, "L", "hier_ms")}
     cheaper = [r["L"] for r in per_step if r["hier_ms"] < r["flat_ms"]]
@@ -129,7 +154,7 @@ def main() -> None:
     if args.save:
         out = Path(__file__).resolve().parents[1] / "results" / "benchmarks"
         print("saved", save_benchmark("hierarchical", per_step, "cpu", out, chunk_sweep=chunk_sweep, episode=episode,
-                                      slopes=slopes, dim=DIM, heads=HEADS, top_k=TOP_K))
+                                      agents=agents, slopes=slopes, dim=DIM, heads=HEADS, top_k=TOP_K))
 
 
 if __name__ == "__main__":
