@@ -10,7 +10,8 @@ hierarchical read (:class:`~companion.attention.HierarchicalMemory`) scores ``L 
 ``k = 2`` chunks and attends over their ``k c`` slots. Three tables:
 
 - ``per_step``: one read from a full memory, for ``L = 64 .. 16,384`` (``c`` the power of two nearest
-  ``sqrt(L / k)``, where ``L / c + k c`` is smallest): milliseconds and the rise of the process's peak memory;
+  ``sqrt(L / k)``, where ``L / c + k c`` is smallest): milliseconds for one env, and the rise of the process's
+  peak memory during one read for 32 envs at once (one env's read allocates less than the allocator keeps);
 - ``chunk_sweep``: one read at ``L = 4,096`` for ``c = 4 .. 1,024``;
 - ``episode``: the reads of a whole episode of ``L`` steps from a memory that grows with it (step ``t`` reads a
   memory sized to its ``t`` past steps: flat capacity ``t``; hierarchical ``ceil(t / c)`` chunks, ``c`` chosen for
@@ -19,7 +20,7 @@ hierarchical read (:class:`~companion.attention.HierarchicalMemory`) scores ``L 
 
 - ``agents``: what the read costs inside a training run: env steps per second of ``ppo-memory`` and
   ``ppo-hmemory`` (``M = 1024``, ``c = 16``, ``k = 2``) on ``CueRecall-D{64,256}-v0`` with chapter 5's sweep
-  settings, 80 episodes each, one after the other in this process (no evaluation).
+  settings, 120 episodes each, one after the other in this process (no evaluation), after a warm-up run.
 
 Log-log slopes are fitted over ``L >= 1,024``.
 """
@@ -55,29 +56,37 @@ def best_chunk(length: int, k: int = TOP_K) -> int:
     return min(2 ** round(math.log2(math.sqrt(length / k))), length)
 
 
-def flat_memory(length: int, filled: int) -> tuple[EpisodicMemory, MemoryCache]:
-    """A memory of ``length`` slots holding the last ``filled``."""
+def flat_memory(length: int, filled: int, n: int = 1) -> tuple[EpisodicMemory, MemoryCache]:
+    """A memory of ``length`` slots holding the last ``filled``, for ``n`` envs."""
     memory = EpisodicMemory(DIM, HEADS, length)
-    keys, values = torch.randn(1, HEADS, length, DIM // HEADS), torch.randn(1, HEADS, length, DIM // HEADS)
-    valid = torch.arange(length)[None] >= length - filled  # the newest `filled` slots
+    keys, values = torch.randn(n, HEADS, length, DIM // HEADS), torch.randn(n, HEADS, length, DIM // HEADS)
+    valid = (torch.arange(length)[None] >= length - filled).expand(n, -1)  # the newest `filled` slots
     return memory, MemoryCache(keys, values, valid)
 
 
-def hierarchical_memory(length: int, chunk: int, filled: int) -> tuple[HierarchicalMemory, ChunkCache]:
-    """A memory of ``length`` slots (a multiple of ``chunk``) holding steps ``0 .. filled - 1``."""
+def hierarchical_memory(length: int, chunk: int, filled: int, n: int = 1) -> tuple[HierarchicalMemory, ChunkCache]:
+    """A memory of ``length`` slots (a multiple of ``chunk``) holding steps ``0 .. filled - 1``, for ``n`` envs."""
     memory = HierarchicalMemory(DIM, HEADS, length, chunk, TOP_K)
-    n = length // chunk
-    shape = (1, HEADS, n, chunk, DIM // HEADS)
-    valid = (torch.arange(length) < filled).view(1, n, chunk)  # steps 0 .. filled - 1 of the episode
+    chunks = length // chunk
+    shape = (n, HEADS, chunks, chunk, DIM // HEADS)
+    valid = (torch.arange(length) < filled).view(1, chunks, chunk).expand(n, -1, -1)  # steps 0 .. filled - 1
     keys = torch.randn(shape) * valid[:, None, :, :, None]
-    return memory, ChunkCache(keys, torch.randn(shape), valid, keys.sum(3), torch.tensor([filled]))
+    return memory, ChunkCache(keys, torch.randn(shape), valid, keys.sum(3), torch.full((n,), filled))
 
 
-def read_cost(memory: torch.nn.Module, cache: tuple, min_run_time: float) -> tuple[float, int | None]:
+PEAK_ENVS = 32
+
+
+def read_cost(make: callable, min_run_time: float) -> tuple[float, int | None]:
+    """Milliseconds of one read for one env, and the peak memory's rise during one read for 32 envs."""
+    memory, cache = make(1)
     query = torch.randn(1, DIM)
     with torch.no_grad():
         seconds = time_call(lambda: memory.read_step(query, cache), min_run_time=min_run_time)
-        peak = peak_memory_bytes(lambda: memory.read_step(query, cache))
+        memory, cache = make(PEAK_ENVS)
+        queries = torch.randn(PEAK_ENVS, DIM)
+        memory.read_step(queries, cache)  # once before: one-time allocations are not counted
+        peak = peak_memory_bytes(lambda: memory.read_step(queries, cache))
     return 1e3 * seconds, peak
 
 
@@ -96,7 +105,7 @@ def episode_ms(make: callable, length: int) -> float:
     return 1e3 * total * length / len(steps)
 
 
-def agent_steps_per_second(algo: str, delay: int, episodes: int = 80) -> float:
+def agent_steps_per_second(algo: str, delay: int, episodes: int = 120) -> float:
     """Env steps per second of a short training run with chapter 5's sweep settings (no evaluation)."""
     length = delay + 2
     run, config = build_config(algo, f"CueRecall-D{delay}-v0", seed=0, total_steps=episodes * length,
@@ -118,8 +127,8 @@ def main() -> None:
     per_step = []
     for length in LENGTHS:
         c = best_chunk(length)
-        flat_ms, flat_peak = read_cost(*flat_memory(length, length), args.min_run_time)
-        hier_ms, hier_peak = read_cost(*hierarchical_memory(length, c, length), args.min_run_time)
+        flat_ms, flat_peak = read_cost(lambda n, L=length: flat_memory(L, L, n), args.min_run_time)
+        hier_ms, hier_peak = read_cost(lambda n, L=length, c=c: hierarchical_memory(L, c, L, n), args.min_run_time)
         per_step.append({"L": length, "c": c, "k": TOP_K, "flat_ms": round(flat_ms, 4), "hier_ms": round(hier_ms, 4),
                          "flat_peak_bytes": flat_peak, "hier_peak_bytes": hier_peak,
                          "flat_scored": length, "hier_scored": length // c + TOP_K * c})
@@ -127,7 +136,7 @@ def main() -> None:
               f"peak {flat_peak} / {hier_peak} bytes")
     chunk_sweep = []
     for c in SWEEP_C:
-        ms, peak = read_cost(*hierarchical_memory(SWEEP_L, c, SWEEP_L), args.min_run_time)
+        ms, peak = read_cost(lambda n, c=c: hierarchical_memory(SWEEP_L, c, SWEEP_L, n), args.min_run_time)
         chunk_sweep.append({"L": SWEEP_L, "c": c, "k": TOP_K, "hier_ms": round(ms, 4), "hier_peak_bytes": peak,
                             "hier_scored": SWEEP_L // c + TOP_K * c})
         print(f"L={SWEEP_L} c={c:5d}  hierarchical {ms:7.3f} ms")
@@ -139,6 +148,7 @@ def main() -> None:
         episode.append({"L": length, "c": c, "k": TOP_K, "flat_ms": round(flat, 3), "hier_ms": round(hier, 3)})
         print(f"episode of {length:6d} steps: flat {flat:9.1f} ms  hierarchical {hier:9.1f} ms")
     agents = []
+    agent_steps_per_second("ppo-hmemory", 16, episodes=16)  # warm-up: imports and first allocations
     for delay in (64, 256):
         row = {"env_id": f"CueRecall-D{delay}-v0", "memory": 1024, "c": 16, "k": TOP_K,
                "flat_steps_per_s": agent_steps_per_second("ppo-memory", delay),
