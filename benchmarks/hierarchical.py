@@ -10,8 +10,9 @@ hierarchical read (:class:`~companion.attention.HierarchicalMemory`) scores ``L 
 ``k = 2`` chunks and attends over their ``k c`` slots. Three tables:
 
 - ``per_step``: one read from a full memory, for ``L = 64 .. 16,384`` (``c`` the power of two nearest
-  ``sqrt(L / k)``, where ``L / c + k c`` is smallest): milliseconds for one env, and the rise of the process's
-  peak memory during one read for 32 envs at once (one env's read allocates less than the allocator keeps);
+  ``sqrt(L / k)``, where ``L / c + k c`` is smallest): milliseconds and the bytes the read allocates
+  (:func:`~companion.cost.allocated_bytes`: the sum of its new tensors, an upper bound on its peak; the rise of
+  the process's peak resident memory stayed 0 at every ``L``, the allocator reusing what it holds);
 - ``chunk_sweep``: one read at ``L = 4,096`` for ``c = 4 .. 1,024``;
 - ``episode``: the reads of a whole episode of ``L`` steps from a memory that grows with it (step ``t`` reads a
   memory sized to its ``t`` past steps: flat capacity ``t``; hierarchical ``ceil(t / c)`` chunks, ``c`` chosen for
@@ -40,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from update_cost import benchmark_args  # noqa: E402
 
 from companion.attention import ChunkCache, EpisodicMemory, HierarchicalMemory, MemoryCache  # noqa: E402
-from companion.cost import peak_memory_bytes, time_call  # noqa: E402
+from companion.cost import allocated_bytes, time_call  # noqa: E402
 from companion.records import RunDir, save_benchmark  # noqa: E402
 from companion.train import build_config, train  # noqa: E402
 
@@ -74,20 +75,14 @@ def hierarchical_memory(length: int, chunk: int, filled: int, n: int = 1) -> tup
     return memory, ChunkCache(keys, torch.randn(shape), valid, keys.sum(3), torch.full((n,), filled))
 
 
-PEAK_ENVS = 32
-
-
-def read_cost(make: callable, min_run_time: float) -> tuple[float, int | None]:
-    """Milliseconds of one read for one env, and the peak memory's rise during one read for 32 envs."""
+def read_cost(make: callable, min_run_time: float) -> tuple[float, int]:
+    """Milliseconds of one read for one env, and the bytes it allocates."""
     memory, cache = make(1)
     query = torch.randn(1, DIM)
     with torch.no_grad():
         seconds = time_call(lambda: memory.read_step(query, cache), min_run_time=min_run_time)
-        memory, cache = make(PEAK_ENVS)
-        queries = torch.randn(PEAK_ENVS, DIM)
-        memory.read_step(queries, cache)  # once before: one-time allocations are not counted
-        peak = peak_memory_bytes(lambda: memory.read_step(queries, cache))
-    return 1e3 * seconds, peak
+        allocated = allocated_bytes(lambda: memory.read_step(query, cache))
+    return 1e3 * seconds, allocated
 
 
 def episode_ms(make: callable, length: int) -> float:
@@ -130,14 +125,14 @@ def main() -> None:
         flat_ms, flat_peak = read_cost(lambda n, L=length: flat_memory(L, L, n), args.min_run_time)
         hier_ms, hier_peak = read_cost(lambda n, L=length, c=c: hierarchical_memory(L, c, L, n), args.min_run_time)
         per_step.append({"L": length, "c": c, "k": TOP_K, "flat_ms": round(flat_ms, 4), "hier_ms": round(hier_ms, 4),
-                         "flat_peak_bytes": flat_peak, "hier_peak_bytes": hier_peak,
+                         "flat_alloc_bytes": flat_peak, "hier_alloc_bytes": hier_peak,
                          "flat_scored": length, "hier_scored": length // c + TOP_K * c})
         print(f"L={length:6d} c={c:4d}  flat {flat_ms:7.3f} ms  hierarchical {hier_ms:7.3f} ms  "
-              f"peak {flat_peak} / {hier_peak} bytes")
+              f"allocates {flat_peak:,} / {hier_peak:,} bytes")
     chunk_sweep = []
     for c in SWEEP_C:
         ms, peak = read_cost(lambda n, c=c: hierarchical_memory(SWEEP_L, c, SWEEP_L, n), args.min_run_time)
-        chunk_sweep.append({"L": SWEEP_L, "c": c, "k": TOP_K, "hier_ms": round(ms, 4), "hier_peak_bytes": peak,
+        chunk_sweep.append({"L": SWEEP_L, "c": c, "k": TOP_K, "hier_ms": round(ms, 4), "hier_alloc_bytes": peak,
                             "hier_scored": SWEEP_L // c + TOP_K * c})
         print(f"L={SWEEP_L} c={c:5d}  hierarchical {ms:7.3f} ms")
     episode = []

@@ -1,4 +1,4 @@
-"""Measuring what a computation costs: wall time and peak memory (chapters 1 and 5).
+"""Measuring what a computation costs: wall time, peak memory and the memory it allocates (chapters 1 and 5).
 
 Both functions take a zero-argument callable, so anything can be measured the same way:
 ``time_call(lambda: mha(x, x, x))``.
@@ -11,9 +11,11 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from torch.utils import benchmark
+import torch
+from torch.utils import _pytree, benchmark
+from torch.utils._python_dispatch import TorchDispatchMode
 
-__all__ = ["peak_memory_bytes", "time_call"]
+__all__ = ["allocated_bytes", "peak_memory_bytes", "time_call"]
 
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
@@ -54,3 +56,33 @@ def peak_memory_bytes(fn: Callable[[], object]) -> int | None:
         return None
     fn()
     return max(0, _status_bytes("VmHWM") - start)
+
+
+class _NewStorages(TorchDispatchMode):
+    """Adds up the bytes of the storage of every result that is not one of its op's inputs' (a view or an
+    in-place result shares its input's storage and adds nothing)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+
+    @staticmethod
+    def _storages(tree: object) -> dict[int, int]:
+        return {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+                for t in _pytree.tree_leaves(tree) if isinstance(t, torch.Tensor)}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        inputs = self._storages((args, kwargs))
+        out = func(*args, **(kwargs or {}))
+        self.total += sum(n for ptr, n in self._storages(out).items() if ptr not in inputs)
+        return out
+
+
+def allocated_bytes(fn: Callable[[], object]) -> int:
+    """Bytes of the new tensors that one call of ``fn`` creates, on any device: the sum over its operations of
+    each new result's storage (a view or an in-place result adds nothing). It counts what the computation
+    materialises, not what the allocator holds, so it is the same on every machine; the peak of live memory is
+    at most this sum (and at least the largest single tensor)."""
+    with _NewStorages() as counter:
+        fn()
+    return counter.total

@@ -362,7 +362,7 @@ def check_best_chunk_size(fn: Callable[[int, int], object]) -> bool:
     cost ``L / c + k c`` (summaries scored, plus keys read inside the kept chunks) smallest; the lower ``c`` on a
     tie."""
     name = "best chunk size"
-    cases = [(64, 1), (1024, 2), (4096, 2), (16_384, 4), (1000, 3), (10, 10)]
+    cases = [(64, 1), (1024, 2), (4096, 2), (16_384, 4), (1000, 3), (10, 10), (6, 1)]  # (6, 1): c = 2 and 3 tie
     for length, k in cases:
         costs = [length / c + k * c for c in range(1, length + 1)]
         expected = 1 + int(np.argmin(costs))
@@ -394,8 +394,11 @@ def check_chunk_summaries(fn: Callable[[Tensor, int], object]) -> bool:
     if error:
         print(error)
         return False
+    result = _as_tensor(result)
+    if _close(result, expected[:-1]):
+        print(f"{name}: not yet. It looks like the short last chunk left out.")
+        return False
     mistakes = {"sums, not means": torch.stack([chunk.sum(0) for chunk in chunks]),
                 "the short last chunk divided by c, not by its length": torch.stack([chunk.sum(0) / c
-                                                                                     for chunk in chunks]),
-                "the short last chunk left out": expected[:-1]}
-    return _verdict(name, _as_tensor(result), expected, mistakes)
+                                                                                     for chunk in chunks])}
+    return _verdict(name, result, expected, mistakes)

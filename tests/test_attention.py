@@ -608,3 +608,58 @@ def test_hierarchical_memory_counts_follow_the_positions():
         cache = memory.write_step(torch.randn(1, 8), cache)
     cache = cache.reset(torch.tensor([True]))
     assert (memory._counts(cache.position) == 0).all()
+
+
+def test_hierarchical_attention_ties_go_to_the_older_chunk_and_each_chunk_has_its_own_shift():
+    from companion.attention import hierarchical_attention
+
+    q = torch.ones(1, 1, 1, 2)
+    a, b = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    k = torch.stack([a, b, b, a])[None, None]  # chunks 0 and 1 hold the same keys: an exact tie
+    _, w = hierarchical_attention(q, k, torch.randn(1, 1, 4, 2), torch.tensor([0, 0, 1, 1]), 1)
+    assert w.chunks[0, 0, 0].tolist() == [1.0, 0.0]
+    # scores 200 and -200 in chunk 0, 1 and 0 in chunk 1: a shift by the row's maximum would underflow chunk 1
+    q = torch.ones(1, 1, 1, 1)
+    k = torch.tensor([200.0, -200.0, 1.0, 0.0]).view(1, 1, 4, 1)
+    _, w = hierarchical_attention(q, k, k, torch.tensor([0, 0, 1, 1]), 2)
+    alpha = torch.softmax(torch.tensor([0.0, 0.5]), 0)  # the mean scores
+    expected = torch.cat([alpha[0] * torch.tensor([1.0, 0.0]), alpha[1] * torch.softmax(torch.tensor([1.0, 0.0]), 0)])
+    torch.testing.assert_close(w.keys[0, 0, 0], expected)
+
+
+def test_hierarchical_memory_ties_go_to_the_older_chunk_when_acting():
+    from companion.attention import HierarchicalMemory
+
+    memory = HierarchicalMemory(4, 1, capacity=4, chunk_size=1, top_k=1)
+    cache, slot = memory.empty(1), torch.randn(1, 4)
+    for _ in range(2):
+        cache = memory.write_step(slot, cache)  # the same slot twice: two chunks that tie
+    with torch.no_grad():
+        _, w = memory.read_step(torch.randn(1, 4), cache, need_weights=True)
+        by_lag = memory.weights_by_lag(w, cache)[0, 0]
+    assert by_lag[2] == 1 and by_lag[1] == 0  # the older (lag 2) is kept
+
+
+def test_local_global_attention_against_its_definition_row_by_row():
+    from companion.attention import LocalGlobalAttention
+
+    torch.manual_seed(6)
+    lg = LocalGlobalAttention(8, 2, window=3, chunk_size=3)
+    x = torch.randn(2, 14, 8)
+    out, _ = lg(x)
+    for i in range(14):
+        border = max(i - 3 + 1, 0) // 3 * 3
+        keys = torch.cat([x[:, border:i + 1]] + [x[:, 3 * g:3 * g + 3].mean(1, keepdim=True)
+                                                  for g in range(border // 3)], dim=1)
+        torch.testing.assert_close(out[:, i], lg.attention(x[:, i:i + 1], keys, keys)[0][:, 0], atol=1e-6,
+                                   rtol=1e-5)
+
+
+def test_hierarchical_memory_numbers_chunks_from_the_oldest_in_the_sequence():
+    from companion.attention import HierarchicalMemory
+
+    memory = HierarchicalMemory(4, 1, capacity=12, chunk_size=3, top_k=1)
+    x = torch.randn(1, 6, 4)
+    with torch.no_grad():  # positions 7 .. 12 of an episode: chunks 2, 3, 4, so three chunk columns
+        _, w = memory.read_sequence(x, x, torch.zeros(1, 6, dtype=torch.bool), torch.tensor([7]), need_weights=True)
+    assert w.chunks.shape[-1] == 3

@@ -27,3 +27,14 @@ def test_peak_memory_sees_a_large_temporary_tensor():
 def test_peak_memory_is_none_where_it_cannot_be_measured(monkeypatch):
     monkeypatch.setattr(cost.sys, "platform", "darwin")
     assert cost.peak_memory_bytes(lambda: None) is None
+
+
+def test_allocated_bytes_counts_new_storages_only():
+    from companion.cost import allocated_bytes
+
+    x = torch.randn(100)
+    assert allocated_bytes(lambda: torch.zeros(1000)) == 4000
+    assert allocated_bytes(lambda: x.view(10, 10)) == 0  # a view shares its storage
+    assert allocated_bytes(lambda: x.add_(1.0)) == 0  # in place
+    assert allocated_bytes(lambda: (x * 2).sum()) == 400 + 4
+    assert allocated_bytes(lambda: [torch.ones(10) for _ in range(3)]) == 120  # freed and reused: each counted

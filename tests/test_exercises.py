@@ -208,3 +208,12 @@ def test_chapter5_checks_accept_solutions_and_name_mistakes(capsys):
     assert not check_chunk_summaries(lambda keys, c: torch.stack([keys[g:g + c].sum(0)
                                                                   for g in range(0, len(keys), c)]))
     assert "sums, not means" in capsys.readouterr().out
+    assert not check_chunk_summaries(lambda keys, c: torch.stack([keys[g:g + c].mean(0)
+                                                                  for g in range(0, len(keys) - c + 1, c)]))
+    assert "left out" in capsys.readouterr().out
+
+    def larger_on_a_tie(length, k):
+        costs = [length / c + k * c for c in range(1, length + 1)]
+        return length - costs[::-1].index(min(costs))
+
+    assert not check_best_chunk_size(larger_on_a_tie)

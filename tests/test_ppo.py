@@ -35,6 +35,8 @@ NETWORKS = {
     "attention-2-layers": (PPOAttention, {"num_layers": 2, "context": 4}),
     "memory": (PPOMemory, {"memory": 6}),
     "hierarchical-memory": (PPOHierarchicalMemory, {"memory": 6, "chunk_size": 2, "top_k": 2}),
+    # chunks of 3 with one kept: rollouts of 16 steps and a prefix of 6 do not line up with the chunks
+    "hierarchical-memory-3": (PPOHierarchicalMemory, {"memory": 6, "chunk_size": 3, "top_k": 1}),
 }
 
 
@@ -259,6 +261,11 @@ def test_registry_presets_and_bad_settings():
                                                                                                    0.98, 0.8)
     with pytest.raises(ValueError, match="attend"):
         dataclasses.replace(PPOAttention.preset("gym"), attend="actor").validate()
+    hmemory = PPOHierarchicalMemory.preset("gym")
+    for bad, match in (({"memory": 10, "chunk_size": 3}, "multiple"), ({"top_k": 0}, "top_k"),
+                       ({"read": "tree"}, "read")):
+        with pytest.raises(ValueError, match=match):
+            dataclasses.replace(hmemory, **bad).validate()
     with pytest.raises(ValueError, match="vector"):
         dataclasses.replace(ppo, vector="threads").validate()
 
@@ -332,7 +339,7 @@ def test_a_time_limit_bootstraps_from_the_final_observation(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["mlp", "lstm", "attention", "attention-2-layers", "memory",
-                                  "hierarchical-memory"])
+                                  "hierarchical-memory", "hierarchical-memory-3"])
 def test_ppo_first_ratio_is_one_on_the_loops_rollouts(tmp_path, name):
     """On rollouts the loop really collected (the second one starts mid-episode, from a carried state and a
     prefix of earlier steps), the learning path reproduces the acting path's log-probabilities and values."""
