@@ -740,18 +740,21 @@ class HierarchicalMemory(nn.Module):
                           torch.zeros(n, self.num_heads, self.num_chunks, self.head_dim, device=device),
                           torch.zeros(n, dtype=torch.long, device=device))
 
+    def _held_chunks(self, position: Tensor) -> Tensor:
+        """``(N, n)``: the episode's chunk numbers the ring holds, oldest first (negative: none yet)."""
+        newest = (position - 1).clamp(min=0) // self.chunk_size  # (N,) the current chunk
+        return newest[:, None] - (self.num_chunks - 1) + torch.arange(self.num_chunks, device=position.device)
+
     def _oldest_first(self, cache: ChunkCache) -> Tensor:
         """``(N, n)``: the ring slots in the order their chunks were written, oldest first."""
-        newest = (cache.position - 1).clamp(min=0) // self.chunk_size  # (N,) the current chunk
-        return (newest[:, None] + 1 + torch.arange(self.num_chunks, device=newest.device)) % self.num_chunks
+        return self._held_chunks(cache.position) % self.num_chunks
 
     def _counts(self, position: Tensor) -> Tensor:
         """``(N, n)``: the steps each held chunk has, oldest first, from the positions alone (no pass over slots)."""
-        c, n = self.chunk_size, self.num_chunks
-        newest = (position - 1).clamp(min=0) // c  # (N,)
-        chunk = newest[:, None] - (n - 1) + torch.arange(n, device=position.device)  # (N, n)
-        last = (position - 1 - newest * c + 1)[:, None]  # steps in the newest chunk
-        counts = torch.where(chunk == newest[:, None], last, torch.full_like(chunk, c))
+        c = self.chunk_size
+        chunk = self._held_chunks(position)  # (N, n)
+        last = (position - 1 - chunk[:, -1] * c + 1)[:, None]  # steps in the newest chunk
+        counts = torch.where(chunk == chunk[:, -1:], last, torch.full_like(chunk, c))
         return torch.where((chunk >= 0) & (position[:, None] > 0), counts, torch.zeros_like(chunk))
 
     def read_step(self, query: Tensor, cache: ChunkCache,
@@ -792,10 +795,9 @@ class HierarchicalMemory(nn.Module):
     def weights_by_lag(self, weights: HierarchicalWeights, cache: ChunkCache) -> Tensor:
         """:meth:`read_step`'s key weights ``(N, H, n, c)`` (read from ``cache``) by lag, ``(N, H, capacity + 1)``:
         index ``l`` is the step ``l`` back (lag 0, the current step, is never read)."""
-        c, n = self.chunk_size, self.num_chunks
-        newest = (cache.position - 1).clamp(min=0) // c  # (N,)
-        chunk = newest[:, None] - (n - 1) + torch.arange(n, device=newest.device)  # (N, n), oldest first
-        step = chunk[:, :, None] * c + torch.arange(c, device=newest.device)  # (N, n, c)
+        c = self.chunk_size
+        chunk = self._held_chunks(cache.position)  # (N, n), oldest first
+        step = chunk[:, :, None] * c + torch.arange(c, device=chunk.device)  # (N, n, c)
         lag = (cache.position[:, None, None] - step).clamp(0, self.capacity)  # (N, n, c); invalid: weight 0
         by_lag = torch.zeros(*weights.keys.shape[:2], self.capacity + 1, device=lag.device)
         return by_lag.scatter_add_(-1, lag.flatten(1)[:, None].expand(-1, weights.keys.shape[1], -1),
