@@ -122,17 +122,17 @@ def main() -> None:
     per_step = []
     for length in LENGTHS:
         c = best_chunk(length)
-        flat_ms, flat_peak = read_cost(lambda n, L=length: flat_memory(L, L, n), args.min_run_time)
-        hier_ms, hier_peak = read_cost(lambda n, L=length, c=c: hierarchical_memory(L, c, L, n), args.min_run_time)
+        flat_ms, flat_alloc = read_cost(lambda n, L=length: flat_memory(L, L, n), args.min_run_time)
+        hier_ms, hier_alloc = read_cost(lambda n, L=length, c=c: hierarchical_memory(L, c, L, n), args.min_run_time)
         per_step.append({"L": length, "c": c, "k": TOP_K, "flat_ms": round(flat_ms, 4), "hier_ms": round(hier_ms, 4),
-                         "flat_alloc_bytes": flat_peak, "hier_alloc_bytes": hier_peak,
+                         "flat_alloc_bytes": flat_alloc, "hier_alloc_bytes": hier_alloc,
                          "flat_scored": length, "hier_scored": length // c + TOP_K * c})
         print(f"L={length:6d} c={c:4d}  flat {flat_ms:7.3f} ms  hierarchical {hier_ms:7.3f} ms  "
-              f"allocates {flat_peak:,} / {hier_peak:,} bytes")
+              f"allocates {flat_alloc:,} / {hier_alloc:,} bytes")
     chunk_sweep = []
     for c in SWEEP_C:
-        ms, peak = read_cost(lambda n, c=c: hierarchical_memory(SWEEP_L, c, SWEEP_L, n), args.min_run_time)
-        chunk_sweep.append({"L": SWEEP_L, "c": c, "k": TOP_K, "hier_ms": round(ms, 4), "hier_alloc_bytes": peak,
+        ms, allocated = read_cost(lambda n, c=c: hierarchical_memory(SWEEP_L, c, SWEEP_L, n), args.min_run_time)
+        chunk_sweep.append({"L": SWEEP_L, "c": c, "k": TOP_K, "hier_ms": round(ms, 4), "hier_alloc_bytes": allocated,
                             "hier_scored": SWEEP_L // c + TOP_K * c})
         print(f"L={SWEEP_L} c={c:5d}  hierarchical {ms:7.3f} ms")
     episode = []

@@ -495,6 +495,11 @@ class EpisodicMemory(nn.Module):
         k, v = self.attention.project_key_value(slots[:, -self.capacity:], slots[:, -self.capacity:])
         return MemoryCache(k, v, valid)
 
+    def weights_by_lag(self, weights: Tensor, cache: MemoryCache) -> Tensor:
+        """:meth:`read_step`'s weights ``(N, H, M)`` (oldest first) by lag, ``(N, H, M + 1)``: index ``l`` is the step
+        ``l`` back (lag 0, the current step, is never read and stays 0)."""
+        return torch.cat([torch.zeros_like(weights[..., :1]), weights.flip(-1)], dim=-1)
+
     def refresh(self, slots: Tensor, cache: MemoryCache) -> MemoryCache:
         """:meth:`fill` with the cache's validity: the cache rebuilt from the last ``P >= M`` slots ``(N, P, E)``."""
         return self.fill(slots, cache.valid)
@@ -542,11 +547,16 @@ class HierarchicalWeights(NamedTuple):
     keys: Tensor
 
 
+def _top_k_older_first(scores: Tensor, k: int) -> Tensor:
+    """The indices ``(..., k)`` of the ``k`` largest ``scores`` in each row, largest first; a tie goes to the lower
+    index (the older chunk), so that the dense and the cached read, whose chunks are laid out oldest first in
+    both, pick the same ones."""
+    return torch.sort(scores, dim=-1, descending=True, stable=True).indices[..., :k]
+
+
 def _stable_top_k(scores: Tensor, k: int) -> Tensor:
-    """A bool mask ``(..., G)`` of the ``k`` largest finite ``scores`` in each row; a tie goes to the lower index
-    (the older chunk), so that two layouts of the same chunks pick the same ones."""
-    order = torch.sort(scores, dim=-1, descending=True, stable=True).indices[..., :k]  # (..., k)
-    kept = torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, order, True)
+    """A bool mask ``(..., G)`` of the ``k`` largest finite ``scores`` in each row (:func:`_top_k_older_first`)."""
+    kept = torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, _top_k_older_first(scores, k), True)
     return kept & torch.isfinite(scores)
 
 
@@ -770,7 +780,7 @@ class HierarchicalMemory(nn.Module):
         summary = (sums @ q[..., None])[..., 0] / (counts[:, None].clamp(min=1) * math.sqrt(self.head_dim))
         summary = summary.masked_fill(counts[:, None] == 0, float("-inf"))  # (N, H, n)
         top = min(self.top_k, self.num_chunks)
-        picked = torch.sort(summary, dim=-1, descending=True, stable=True).indices[..., :top]  # (N, H, k)
+        picked = _top_k_older_first(summary, top)  # (N, H, k)
         picked_scores = summary.gather(-1, picked)
         alpha = masked_softmax(picked_scores, torch.isfinite(picked_scores))  # (N, H, k)
         slot = order[:, None, :].expand(-1, self.num_heads, -1).gather(-1, picked)  # (N, H, k): ring slots

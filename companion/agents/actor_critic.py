@@ -457,10 +457,7 @@ class MemoryActorCritic(ActorCriticNet):
         logits, values = self._heads(z, read)
         next_state = self.memory.write_step(self.slot(z), state)
         if need_weights:
-            if self.hierarchical:
-                by_lag = self.memory.weights_by_lag(weights, state)  # (N, H, M + 1)
-            else:
-                by_lag = torch.cat([torch.zeros_like(weights[..., :1]), weights.flip(-1)], dim=-1)  # (N, H, M + 1)
+            by_lag = self.memory.weights_by_lag(weights, state)  # (N, H, M + 1)
             return logits, values, (next_state, by_lag[:, None])
         return logits, values, next_state
 
