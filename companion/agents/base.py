@@ -368,24 +368,34 @@ def sequence_tensors(batch: Any, config: QLearningConfig, device: torch.device, 
     return SequenceTensors(inputs, to(batch.actions), rewards, to(batch.terminated).float(), weights, batch)
 
 
-def sequence_td(q_all: torch.Tensor, next_q: torch.Tensor, seq: SequenceTensors,
+def sequence_td(q_online: torch.Tensor, next_online: torch.Tensor, next_target: torch.Tensor, seq: SequenceTensors,
                 config: QLearningConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The TD loss at every position of a window, averaged where it applies (weighted per window by
     prioritized replay: :func:`replay_loss`).
 
+    For position ``t`` of a window of ``T`` transitions the target is (Double DQN, van Hasselt et al. 2016)::
+
+        y_t = r_t + gamma * (1 - terminated_t) * Q_target(next_t, argmax_a Q_online(next_t, a))
+
+    with ``stop_gradient(y_t)``: only ``Q_online(o_t, a_t)`` learns. A recurrent network reads ``next_t``
+    from its state after ``o_0 .. o_t`` (``next_online = q_all[:, 1:]``); a network with one position per
+    observation may read it over the window shifted by one (SA-DQN: :meth:`~companion.agents.sadqn.SADQN.loss`).
+
     Args:
-        q_all: the online network's Q-values over ``seq.inputs``, ``(B, T+1, A)``.
-        next_q: the target network's Q-values at positions ``1..T``, ``(B, T, A)`` (no gradient).
+        q_online: the online network's Q-values at the window's observations, ``(B, T, A)``.
+        next_online: the online network's Q-values at the next observations, ``(B, T, A)`` (for the
+            Double-DQN argmax; no gradient is taken through it).
+        next_target: the target network's Q-values at the next observations, ``(B, T, A)``.
 
     Returns:
         ``(loss, target, q_taken)``; ``target`` and ``q_taken`` are ``(B, T)``.
     """
-    q_taken = q_all[:, :-1].gather(2, seq.actions[..., None]).squeeze(2)  # (B, T)
+    q_taken = q_online.gather(2, seq.actions[..., None]).squeeze(2)  # (B, T)
     with torch.no_grad():
         if config.double_dqn:  # the online net chooses, the target net evaluates
-            next_value = next_q.gather(2, q_all[:, 1:].argmax(2, keepdim=True)).squeeze(2)
+            next_value = next_target.gather(2, next_online.argmax(2, keepdim=True)).squeeze(2)
         else:
-            next_value = next_q.max(2).values
+            next_value = next_target.max(2).values
         target = seq.rewards + config.gamma * (1.0 - seq.terminated) * next_value  # (B, T)
     losses = td_loss(q_taken, target, config.loss)  # (B, T)
     return replay_loss(losses, q_taken, target, seq.batch, config, seq.weights), target, q_taken

@@ -14,10 +14,22 @@ DRQN with attention between the CNN and the LSTM. At each step:
    next step's attention. The state is reset at episode starts; the TD loss applies at every unrolled step.
 
 Hard attention cannot be trained by backpropagation through the sample. It uses REINFORCE (Williams 1992):
-the gradient of ``E[R]`` is ``E[(R - b) grad log g_{i_t}]``. Following the original code, the "return" ``R``
-is the step's Q-learning target ``y_t``, the baseline ``b_t = w_b^T h_t + c`` is fitted to it by squared
-error, and the REINFORCE term is scaled by ``reinforce_scale`` (0.1). The term is applied to the examples
-that sampled (not to those that took the soft weights).
+the gradient of ``E[R]`` is ``E[(R - b) grad log g_{i_t}]``. Following the original code (its
+``CMulTableHard`` and baseline layer), with ``hard_gradients="original"`` (the default):
+
+- the "return" ``R`` is the step's Q-learning target ``y_t``, and the REINFORCE term, scaled by
+  ``reinforce_scale`` (0.1), is applied to the examples that sampled;
+- the attention weights receive **no** gradient from the TD loss: not through the sample (it has none),
+  and not through the examples that read the soft weights either (the original passes them a gradient
+  that is constant across locations, which the softmax cancels: here their weights are detached);
+- the baseline ``b_t = w_b^T h_t + c`` is fitted to ``y_t`` by squared error, and only the baseline layer
+  learns from that fit (``h_t`` is detached): the LSTM, attention and CNN learn from the TD loss and the
+  REINFORCE term alone.
+
+``hard_gradients="end_to_end"`` keeps this module's first version, which differs on the last two points:
+the soft-mixed examples backpropagate the TD loss into the attention, and the baseline's squared error
+reaches the LSTM, the attention and the CNN. Sorokin et al.'s hard runs also started from a CNN pretrained
+on Seaquest; here every network starts from scratch.
 
 Learning uses :class:`~companion.buffers.SequenceReplayBuffer` windows from a zero state, like DRQN. The
 recurrent core is an ``nn.LSTMCell`` stepped over ``unbind(1)`` of the precomputed CNN features.
@@ -54,11 +66,14 @@ class DARQNConfig(QLearningConfig):
     burn_in: int = 0
     hard_soft_mix: float = 0.5  # hard attention: probability that a training example uses the soft weights
     reinforce_scale: float = 0.1  # hard attention: scale of the REINFORCE term (the original divides by 10)
+    hard_gradients: str = "original"  # or "end_to_end": see the module's docstring
 
     def validate(self) -> None:
         super().validate()
         if self.attention not in ("soft", "hard"):
             raise ValueError(f"attention must be 'soft' or 'hard', got {self.attention!r}")
+        if self.hard_gradients not in ("original", "end_to_end"):
+            raise ValueError(f"hard_gradients must be 'original' or 'end_to_end', got {self.hard_gradients!r}")
 
 
 class DARQNNetwork(nn.Module):
@@ -93,6 +108,7 @@ class DARQNNetwork(nn.Module):
             state = (zeros, zeros)
         h, c = state
         hard = self.config.attention == "hard"
+        original = self.config.hard_gradients == "original"
         outputs: dict[str, list[Tensor]] = {"q": [], "weights": [], "log_prob": [], "sampled": [], "baseline": []}
         for v in locations.unbind(1):  # v: (B, L, D)
             weights = torch.softmax(self.attention.scores(h[:, None, :], v)[:, 0], dim=-1)  # (B, L)
@@ -103,7 +119,8 @@ class DARQNNetwork(nn.Module):
                     sampled = torch.rand(batch, device=obs.device) >= self.config.hard_soft_mix  # (B,)
                 else:
                     sampled = torch.ones(batch, dtype=torch.bool, device=obs.device)
-                read = torch.where(sampled[:, None], chosen, weights)  # (B, L)
+                soft = weights.detach() if original else weights  # the original: no TD gradient into g
+                read = torch.where(sampled[:, None], chosen, soft)  # (B, L)
                 outputs["log_prob"].append(torch.log(weights.gather(1, index)[:, 0].clamp_min(1e-12)))
                 outputs["sampled"].append(sampled)
             else:
@@ -113,7 +130,7 @@ class DARQNNetwork(nn.Module):
             outputs["q"].append(self.head(h))
             outputs["weights"].append(weights)
             if self.baseline is not None:
-                outputs["baseline"].append(self.baseline(h)[:, 0])
+                outputs["baseline"].append(self.baseline(h.detach() if original else h)[:, 0])
         extras = {k: torch.stack(v, 1) for k, v in outputs.items() if v and k != "q"}
         return torch.stack(outputs["q"], 1), (h, c), extras
 
@@ -181,7 +198,7 @@ class DARQN(QAgent):
         q_all, _, extras = self.q(seq.inputs, sample=True)  # (B, T+1, A)
         with torch.no_grad():
             next_q = self.target(seq.inputs, sample=True)[0][:, 1:]  # (B, T, A)
-        loss, target, q_taken = sequence_td(q_all, next_q, seq, c)
+        loss, target, q_taken = sequence_td(q_all[:, :-1], q_all[:, 1:], next_q, seq, c)
         info = {"q": seq.masked_mean(q_taken.detach()).item()}
         entropy = -(extras["weights"] * extras["weights"].clamp_min(1e-12).log()).sum(-1)[:, :-1]  # (B, T)
         info["attention_entropy"] = seq.masked_mean(entropy).item()

@@ -80,13 +80,13 @@ class DQN(QAgent):
     def act(self, obs: np.ndarray, state: Any, epsilon: float, rng: np.random.Generator) -> tuple[int, Any]:
         if rng.random() < epsilon:
             return int(rng.integers(self.n_actions)), state
-        with torch.inference_mode():
+        with self.inference():
             q = self.q(torch.as_tensor(obs, device=self.device).unsqueeze(0))  # (1, A)
         return int(q.argmax(1)), state
 
     def q_values(self, obs: np.ndarray) -> np.ndarray:
         """Q(s, .) for a batch of observations ``(B, *obs_shape)``."""
-        with torch.inference_mode():
+        with self.inference():
             return self.q(torch.as_tensor(obs, device=self.device)).cpu().numpy()
 
     def loss(self, batch: TransitionBatch) -> tuple[torch.Tensor, dict[str, float]]:

@@ -94,7 +94,7 @@ class DRQN(QAgent):
     def act(self, obs: np.ndarray, state: LSTMState | None, epsilon: float,
             rng: np.random.Generator) -> tuple[int, LSTMState]:
         # The state must see every observation, so the forward pass runs even when exploring.
-        with torch.inference_mode():
+        with self.inference():
             q, state = self.q(torch.as_tensor(obs, device=self.device)[None, None], state)  # (1, 1, A)
         if rng.random() < epsilon:
             return int(rng.integers(self.n_actions)), state
@@ -106,5 +106,5 @@ class DRQN(QAgent):
         q_all, _ = self.q(seq.inputs)  # (B, T+1, A), from a zero state
         with torch.no_grad():
             next_q = self.target(seq.inputs)[0][:, 1:]  # (B, T, A)
-        loss, _, q_taken = sequence_td(q_all, next_q, seq, self.config)
+        loss, _, q_taken = sequence_td(q_all[:, :-1], q_all[:, 1:], next_q, seq, self.config)
         return loss, {"q": seq.masked_mean(q_taken.detach()).item()}

@@ -9,10 +9,10 @@ A Q-network maps what the agent has seen to one value per action and is trained 
   head gives ``Q(h_t, .)`` at every position ``t`` from the tokens up to ``t``. Learning samples
   windows from :class:`~companion.buffers.SequenceReplayBuffer`, as DRQN does, and applies the TD loss
   at every position where the window's first episode is still running. When acting, the agent keeps
-  its context window: the observations of the current episode, at most ``burn_in + seq_len`` of them,
-  the most that any position *trained by the TD loss* saw. (A window holds one observation more, the
-  last, but its position only supplies the bootstrap value: reading actions from it would use a
-  position embedding the loss never trained.)
+  its context window: the observations of the current episode, at most ``K = burn_in + seq_len`` of
+  them. Every context the network reads has at most ``K`` observations: the TD loss reads the window's
+  first ``K`` observations, and the bootstrap values read the window shifted by one (its last ``K``),
+  so there are ``K`` positions and the loss trains every one of them.
 - **Over entities** (:class:`EntitySADQN`, ``--algo sadqn-entity``), after relational deep RL
   (Zambaldi et al. 2018): the tokens are the cells of a CNN feature map (MinAtar's 8x8 locations),
   each with a learned position; non-causal self-attention lets every cell attend to every other;
@@ -82,7 +82,7 @@ class HistoryQNetwork(nn.Module):
         super().__init__()
         self.encoder = make_encoder(obs_shape, config.hidden)
         self.embed = nn.Linear(self.encoder.out_dim, config.d_model)
-        max_len = config.burn_in + config.seq_len + 1  # a window's observations, the bootstrap one included
+        max_len = config.burn_in + config.seq_len  # K: the loss, the bootstrap and acting read at most K
         position_cls = LearnedPositionalEmbedding if config.positions == "learned" else SinusoidalPositionalEncoding
         self.positions = position_cls(max_len, config.d_model)
         self.blocks = _blocks(config)
@@ -134,14 +134,13 @@ class SADQN(QAgent):
 
     @property
     def context_len(self) -> int:
-        """The most observations the agent acts from: as many as the last position the TD loss trains.
+        """The most observations the agent acts from: ``K = burn_in + seq_len``, the network's positions.
 
-        A window of ``T = burn_in + seq_len`` transitions has ``T + 1`` observations; the loss reads
-        ``Q`` at positions ``0..T-1`` and the target network at ``1..T``. Position ``T`` of the online
-        network is never trained, so acting from ``T + 1`` observations would read its actions from an
-        untrained position embedding (this module's first version did; chapter 7 tells what it cost).
-        The bootstrap value of position ``T - 1`` is still read at position ``T`` of the *target*
-        network: one target in ``T`` rests on that untrained embedding."""
+        A window of ``K`` transitions has ``K + 1`` observations. The loss reads ``Q`` over the first
+        ``K`` (positions ``0..K-1``) and the next-state values over the last ``K``, the window shifted by
+        one, so position ``K - 1`` bootstraps from exactly the context the agent acts on. Two earlier
+        versions read one more position, ``K``, whose embedding no loss ever trained: the first acted
+        from it, the second bootstrapped one target in ``K`` from it (chapter 7 tells what each cost)."""
         return self.config.burn_in + self.config.seq_len
 
     def _context(self, obs: np.ndarray, state: np.ndarray | None) -> np.ndarray:
@@ -154,7 +153,7 @@ class SADQN(QAgent):
         context = self._context(obs, state)
         if rng.random() < epsilon:
             return int(rng.integers(self.n_actions)), context
-        with torch.inference_mode():
+        with self.inference():
             q, _ = self.q(torch.as_tensor(context, device=self.device)[None])  # (1, T, A)
         return int(q[0, -1].argmax()), context
 
@@ -179,13 +178,19 @@ class SADQN(QAgent):
         return [w[0].cpu().numpy() for w in weights]
 
     def loss(self, batch: SequenceBatch) -> tuple[Tensor, dict[str, float]]:
-        """The TD loss at every position of the window where its first episode still runs."""
+        """The TD loss at every position of the window where its first episode still runs.
+
+        The window's ``K + 1`` observations ``[o_0, o_1', ..., o_K']`` are read twice: the first ``K``
+        give ``Q(o_<=t, a_t)`` at positions ``0..K-1``, and the last ``K`` (shifted by one) give the
+        next-state values, position ``t`` seeing ``o_1' .. o_{t+1}'``: at ``t = K - 1`` exactly the
+        agent's acting context. No position outside ``0..K-1`` is read."""
         c = self.config
         seq = sequence_tensors(batch, c, self.device, c.burn_in)
-        q_all, _ = self.q(seq.inputs)  # (B, T+1, A)
+        q_online, _ = self.q(seq.inputs[:, :-1])  # (B, K, A)
         with torch.no_grad():
-            next_q = self.target(seq.inputs)[0][:, 1:]  # (B, T, A)
-        loss, _, q_taken = sequence_td(q_all, next_q, seq, c)
+            next_online = self.q(seq.inputs[:, 1:])[0]  # (B, K, A): the Double-DQN argmax
+            next_target = self.target(seq.inputs[:, 1:])[0]  # (B, K, A)
+        loss, _, q_taken = sequence_td(q_online, next_online, next_target, seq, c)
         return loss, {"q": seq.masked_mean(q_taken.detach()).item()}
 
 
