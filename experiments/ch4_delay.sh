@@ -23,6 +23,7 @@
 # episodes every agent was at chance there, while a pilot of ppo-memory with 8,000 solved it by episode 1,500 (the
 # learning rate anneals over the run, so a longer run also keeps a larger rate for longer). The window and the
 # memoryless agent are not run longer: at D + 2 > 16 their input at the decision is the same whatever the cue.
+# The SA-DQN runs were made again after commit 740d16e (bootstrap values over the window shifted by one, ch7.sh).
 # Runs are queued seed by seed, so a cut-off session still has every agent at the seeds it reached.
 # Finished runs are skipped. Usage: bash experiments/ch4_delay.sh [JOBS]   (default 2, one torch thread each)
 set -euo pipefail

@@ -9,6 +9,9 @@
 # epsilon 1 -> 0.1 over the first 20% of the run, evaluation every 5k steps (10 episodes, epsilon 0.05).
 # The recurrent agents train on 8-step windows (the MinAtar presets: LSTM 128, DARQN attention 128).
 # Measured on a 2-core CPU, two runs at a time: DARQN 7.5-11 min per run, DRQN ~3, DQN under 1; 107 min in all.
+# History: the first DARQN-hard runs let the TD loss reach the attention through the soft-mixed examples and
+# the baseline's fit reach the whole network, unlike the original code; they were withdrawn and made again
+# after commit 740d16e (hard_gradients=original, the default).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}

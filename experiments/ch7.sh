@@ -9,7 +9,10 @@
 # benchmarks/sadqn_context.py).
 # History: the first SA-DQN (history) runs acted on seq_len + 1 observations, one more than any position the
 # TD loss trains; they were withdrawn and made again with the fix (commit "SA-DQN acts on seq_len
-# observations"). The entity runs were not affected and were kept.
+# observations"). The entity runs were not affected and were kept. The second version still read that position
+# for the bootstrap value of each window's last step (one target in K rested on an untrained embedding); every
+# history run (here, results/ch2-pomdp/sadqn and results/ch4-delay/sadqn) was withdrawn and made again with the
+# fix (commit 740d16e: next-state values over the window shifted by one).
 # Runs are queued most important first, so a cut-off session loses the least. Finished runs are skipped.
 # Usage: bash experiments/ch7.sh [JOBS]   (JOBS in parallel, default 2, one torch thread each)
 set -euo pipefail
