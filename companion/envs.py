@@ -12,7 +12,9 @@ does all three once, and :func:`make_env` calls it, so a reader never meets
 - **ALE** (Mnih et al. 2015; Machado et al. 2018): a ``frameskip=1`` base, then gymnasium's
   ``AtariPreprocessing`` (up to 30 no-op starts, action repeat 4 with max-pooling of the last two
   frames, 84x84 grey) giving ``(1, 84, 84)`` uint8, or ``(k, 84, 84)`` with ``frame_stack=k``
-  (DQN uses 4; recurrent agents see single frames). Sticky actions (p = 0.25) stay on, as in v5.
+  (DQN uses 4; recurrent agents see single frames). Sticky actions (p = 0.25) stay on, as in v5,
+  unless the run's agent config says otherwise (``sticky_actions``: DARQN's ``atari_paper`` preset uses the
+  deterministic ALE of the 2015 papers, p = 0).
 - **MinAtar** (Young & Tian 2019): the ``(10, 10, C)`` boolean grid becomes channels-first
   ``(C, 10, 10)`` uint8 (agents turn it into float), with a time limit.
 - **popgym** (Morad et al. 2023): non-Box observations are one-hot encoded into a flat vector.
@@ -127,11 +129,12 @@ def _unknown_id_message(env_id: str) -> str:
 # --------------------------------------------------------------------------------------------------
 # Wrappers
 # --------------------------------------------------------------------------------------------------
-class MinAtarObservation(gym.ObservationWrapper):
+class MinAtarObservation(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
     """MinAtar's ``(10, 10, C)`` boolean grid as a channels-first ``(C, 10, 10)`` uint8 array of 0/1."""
 
     def __init__(self, env: gym.Env) -> None:
-        super().__init__(env)
+        gym.utils.RecordConstructorArgs.__init__(self)
+        gym.ObservationWrapper.__init__(self, env)
         height, width, channels = env.observation_space.shape
         self.observation_space = spaces.Box(0, 1, (channels, height, width), np.uint8)
 
@@ -139,7 +142,7 @@ class MinAtarObservation(gym.ObservationWrapper):
         return np.ascontiguousarray(np.moveaxis(observation, -1, 0), dtype=np.uint8)
 
 
-class MaskObservation(gym.ObservationWrapper):
+class MaskObservation(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
     """Hide some dimensions of a vector observation: they are removed, not zeroed.
 
     ``MaskObservation(gym.make("CartPole-v1"), hidden=[1, 3])`` leaves cart position and pole angle
@@ -147,7 +150,8 @@ class MaskObservation(gym.ObservationWrapper):
     """
 
     def __init__(self, env: gym.Env, hidden: Sequence[int]) -> None:
-        super().__init__(env)
+        gym.utils.RecordConstructorArgs.__init__(self, hidden=tuple(int(i) for i in hidden))
+        gym.ObservationWrapper.__init__(self, env)
         space = env.observation_space
         if not isinstance(space, spaces.Box) or len(space.shape) != 1:
             raise EnvMismatchError(f"MaskObservation needs a 1-D Box observation; got {space}")
@@ -162,7 +166,7 @@ class MaskObservation(gym.ObservationWrapper):
         return observation[self.visible]
 
 
-class FlickerObservation(gym.ObservationWrapper):
+class FlickerObservation(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
     """With probability ``p``, replace the whole observation by zeros (Hausknecht & Stone 2015, "flickering").
 
     The blanking has its own random generator, seeded from the seed passed to ``reset``, so a seeded
@@ -170,7 +174,8 @@ class FlickerObservation(gym.ObservationWrapper):
     """
 
     def __init__(self, env: gym.Env, p: float = 0.5) -> None:
-        super().__init__(env)
+        gym.utils.RecordConstructorArgs.__init__(self, p=p)
+        gym.ObservationWrapper.__init__(self, env)
         if not 0.0 <= p < 1.0:
             raise ValueError(f"flicker probability must lie in [0, 1), got {p}")
         self.p = p

@@ -132,8 +132,11 @@ def _coerce(value: Any, current: Any, key: str) -> Any:
 
 def make_run_env(run: RunConfig, agent_config: Any) -> Any:
     """The env a run trains and evaluates on."""
+    kwargs: dict[str, Any] = {}
+    if env_family(run.env_id) == "ALE" and hasattr(agent_config, "sticky_actions"):
+        kwargs["repeat_action_probability"] = agent_config.sticky_actions
     return make_env(run.env_id, frame_stack=agent_config.frame_stack, hide=run.hide, flicker=run.flicker,
-                    prev_action=run.prev_action, prev_reward=run.prev_reward)
+                    prev_action=run.prev_action, prev_reward=run.prev_reward, **kwargs)
 
 
 def saved_config(run_dir: str | Path | RunDir) -> tuple[RunConfig, Any]:

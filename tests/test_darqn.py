@@ -8,6 +8,7 @@ import torch
 
 from companion.__main__ import main
 from companion.agents import AGENTS, DARQN, DARQNConfig
+from companion.agents.base import DQNRMSprop, sequence_td, sequence_tensors
 from companion.buffers import SequenceBatch
 
 CPU = torch.device("cpu")
@@ -41,8 +42,9 @@ def test_atari_paper_config_and_parameter_count():
     config = DARQN.atari_paper("soft")
     expected = dict(frame_stack=1, lstm_size=256, seq_len=4, batch_size=32, buffer_size=500_000,
                     learning_starts=25_000, train_freq=4, target_update=10_000, gamma=0.99, reward_clip=1.0,
-                    loss="huber", grad_clamp=5.0, optimizer="rmsprop_centered", lr=0.01, lr_end=0.00025,
-                    lr_decay_steps=1_000_000, eps_start=1.0, eps_end=0.1, eval_epsilon=0.05)
+                    loss="huber", grad_clamp=5.0, optimizer="rmsprop_dqn", lr=0.01, lr_end=0.00025,
+                    lr_decay_steps=1_000_000, eps_start=1.0, eps_end=0.1, eval_epsilon=0.05,
+                    anneal_after_learning_starts=True, sticky_actions=0.0, hard_gradients="original")
     assert {k: getattr(config, k) for k in expected} == expected
     assert config.eps_fraction * 5_000_000 == 1_000_000  # epsilon anneals over 1M of the paper's 5M steps
     assert DARQN.atari_paper("hard").lr == 0.001
@@ -52,15 +54,19 @@ def test_atari_paper_config_and_parameter_count():
     assert parts["cnn"] == 182_624 and parts["lstm"] == 526_336 and parts["output"] == 4_626
     assert 131_000 <= parts["attention"] <= 132_000
     assert 840_000 <= sum(parts.values()) <= 850_000
-    assert isinstance(agent.optimizer, torch.optim.RMSprop)
+    assert isinstance(agent.optimizer, DQNRMSprop)  # the Lua code's centred RMSProp, eps inside the root
 
 
 def test_learning_rate_anneals_linearly():
+    """From the start of learning (25k steps), as the Lua code counts, not from step 0."""
     config = dataclasses.replace(DARQN.atari_paper("soft"), lr_decay_steps=100)
     agent = DARQN((1, 84, 84), 4, config, CPU)
-    for step, lr in ((0, 0.01), (50, (0.01 + 0.00025) / 2), (100, 0.00025), (500, 0.00025)):
+    start = config.learning_starts
+    for step, lr in ((0, 0.01), (start, 0.01), (start + 50, (0.01 + 0.00025) / 2), (start + 100, 0.00025),
+                     (start + 500, 0.00025)):
         agent.set_step(step)
         assert agent.optimizer.param_groups[0]["lr"] == pytest.approx(lr)
+    assert agent.anneal_step(start + 7) == 7 and agent.anneal_step(10) == 0  # epsilon reads the same step
 
 
 def test_state_resets_at_episode_start_and_acting_matches_unroll():
@@ -117,3 +123,89 @@ def test_darqn_cli_smoke(tmp_path, capsys, env_id, extra):
     assert main(["train", "--algo", "darqn", "--env", env_id, "--budget", "quick", "--out", str(out),
                  "--no-progress", *extra]) == 0
     assert "done:" in capsys.readouterr().out
+
+
+def _hard_loss_parts(hard_gradients, seed=0):
+    """DARQN-hard's TD loss and its baseline's squared error on one batch, as separate graphs."""
+    torch.manual_seed(seed)
+    config = dataclasses.replace(DARQN.preset("MinAtar"), attention="hard", lstm_size=32, attention_hidden=16,
+                                 hard_gradients=hard_gradients)
+    agent = DARQN((4, 10, 10), 3, config, CPU)
+    batch = _batch((4, 10, 10), b=16)
+    seq = sequence_tensors(batch, config, CPU, 0)
+    torch.manual_seed(seed + 1)
+    q_all, _, extras = agent.q(seq.inputs, sample=True)
+    with torch.no_grad():
+        next_q = agent.target(seq.inputs, sample=True)[0][:, 1:]
+    td, target, _ = sequence_td(q_all[:, :-1], q_all[:, 1:], next_q, seq, config)
+    baseline_loss = seq.masked_mean((target - extras["baseline"][:, :-1]) ** 2)
+    return agent, td, baseline_loss, extras
+
+
+def _grad_sum(loss, modules):
+    params = [p for m in modules for p in m.parameters()]
+    grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+    return sum(0.0 if g is None else g.abs().sum().item() for g in grads)
+
+
+def test_hard_attention_gradients_follow_the_original_code():
+    """Regression (issue 14): in the original (CMulTableHard) the TD loss sends no gradient into the attention
+    (the soft-mixed examples get one constant across locations, which the softmax cancels), and the baseline's
+    fit trains only the baseline layer. The first version let both reach further (kept as end_to_end)."""
+    agent, td, baseline_loss, extras = _hard_loss_parts("original")
+    assert extras["sampled"].any() and not extras["sampled"].all()  # both kinds of example are in the batch
+    assert _grad_sum(td, [agent.q.attention]) == 0.0
+    assert _grad_sum(td, [agent.q.lstm, agent.q.cnn, agent.q.head]) > 0  # the rest learns from the TD loss
+    assert _grad_sum(baseline_loss, [agent.q.lstm, agent.q.attention, agent.q.cnn]) == 0.0
+    assert _grad_sum(baseline_loss, [agent.q.baseline]) > 0
+    # REINFORCE is what trains the attention
+    reinforce = -(extras["log_prob"] * extras["sampled"].float()).sum()
+    assert _grad_sum(reinforce, [agent.q.attention]) > 0
+    agent, td, baseline_loss, _ = _hard_loss_parts("end_to_end")
+    assert _grad_sum(td, [agent.q.attention]) > 0
+    assert _grad_sum(baseline_loss, [agent.q.lstm, agent.q.attention, agent.q.cnn]) > 0
+
+
+def test_hard_gradients_setting_is_checked():
+    with pytest.raises(ValueError, match="hard_gradients"):
+        DARQNConfig(hard_gradients="sometimes").validate()
+
+
+def test_dqn_rmsprop_matches_the_lua_update_and_differs_from_torchs():
+    """w <- w - lr grad / sqrt(g2 - g^2 + eps) (DQN's and DARQN's code); torch puts eps outside the root."""
+    torch.manual_seed(0)
+    w0 = torch.randn(5)
+    grads = [torch.randn(5) * 0.01 for _ in range(4)]
+    w = w0.clone().requires_grad_(True)
+    optimizer = DQNRMSprop([w], lr=0.1, alpha=0.95, eps=0.01)
+    g = torch.zeros(5)
+    g2 = torch.zeros(5)
+    expected = w0.clone()
+    for grad in grads:
+        w.grad = grad.clone()
+        optimizer.step()
+        g = 0.95 * g + 0.05 * grad
+        g2 = 0.95 * g2 + 0.05 * grad**2
+        expected = expected - 0.1 * grad / torch.sqrt(g2 - g**2 + 0.01)
+    torch.testing.assert_close(w.detach(), expected)
+    v = w0.clone().requires_grad_(True)
+    torch_rmsprop = torch.optim.RMSprop([v], lr=0.1, alpha=0.95, eps=0.01, centered=True)
+    for grad in grads:
+        v.grad = grad.clone()
+        torch_rmsprop.step()
+    assert not torch.allclose(v.detach(), w.detach(), atol=1e-3)
+    with pytest.raises(ValueError):
+        DQNRMSprop([w], eps=0.0)
+
+
+def test_atari_paper_env_is_the_deterministic_ale():
+    """The paper preset turns sticky actions off (the 2015 papers' ALE); other presets keep v5's 0.25."""
+    from companion.train import build_config, make_run_env
+
+    for algo, expected in (("darqn", 0.0), ("dqn", 0.25)):
+        run, agent_config = build_config(algo, "ALE/Pong-v5", budget="quick")
+        env = make_run_env(run, agent_config)
+        try:
+            assert env.unwrapped.ale.getFloat("repeat_action_probability") == pytest.approx(expected)
+        finally:
+            env.close()

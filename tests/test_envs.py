@@ -159,3 +159,15 @@ def test_episode_replay_puts_a_sub_env_back_mid_episode():
     np.testing.assert_array_equal(fresh, plain.reset(seed=7)[0])
     with pytest.raises(RuntimeError, match="not deterministic"):
         EpisodeReplay(make_env("CartPole-v1"), 0).reset(seed=0, options={"replay": {0: [0] * 600}})
+
+
+@pytest.mark.parametrize("kwargs", [dict(hide=[1, 3]), dict(flicker=0.5), dict(prev_action=True, prev_reward=True),
+                                    dict(hide=[1, 3], flicker=0.5, frame_stack=4)])
+def test_pomdp_wrappers_pass_gymnasiums_check_env(kwargs):
+    """Issue 14: the wrappers record their constructor arguments, so gymnasium can re-create them."""
+    from gymnasium.utils.env_checker import check_env
+
+    env = make_env("CartPole-v1", **kwargs)
+    with pytest.warns(UserWarning, match="different from the unwrapped"):  # check_env prefers raw envs
+        check_env(env, skip_render_check=True)
+    assert env.spec is not None and env.spec.additional_wrappers  # each wrapper is recorded in the spec

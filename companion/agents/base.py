@@ -28,7 +28,7 @@ from companion.buffers import (
     window_td_error,
 )
 
-__all__ = ["Agent", "QAgent", "QLearningConfig", "SequenceTensors", "linear_schedule", "make_optimizer",
+__all__ = ["Agent", "DQNRMSprop", "QAgent", "QLearningConfig", "SequenceTensors", "linear_schedule", "make_optimizer",
            "masked_mean", "replay_loss", "sequence_td", "sequence_tensors", "td_loss"]
 
 
@@ -44,7 +44,9 @@ class QLearningConfig:
     lr: float = 1e-3
     lr_end: float = 0.0  # if > 0, the learning rate anneals linearly from lr to lr_end ...
     lr_decay_steps: int = 0  # ... over this many env steps
-    optimizer: str = "adam"  # or "rmsprop_centered" (Graves 2013, as in DQN and DARQN: alpha 0.95, eps 0.01)
+    # "adam", "rmsprop_dqn" (centred RMSProp as DQN's and DARQN's Lua code: alpha 0.95, 0.01 inside the square
+    # root, :class:`DQNRMSprop`) or "rmsprop_centered" (PyTorch's centred RMSprop: the 0.01 outside the root)
+    optimizer: str = "adam"
     adam_eps: float = 1e-8
     gamma: float = 0.99
     batch_size: int = 64
@@ -62,6 +64,11 @@ class QLearningConfig:
     eps_end: float = 0.05
     eps_fraction: float = 0.1  # fraction of the run over which epsilon decays linearly
     eval_epsilon: float = 0.0
+    # The DQN/DARQN Lua code anneals epsilon (and the learning rate) from learning_starts, not from step 0.
+    anneal_after_learning_starts: bool = False
+    # ALE only: the probability of repeating the previous action (sticky actions). ALE v5's 0.25 follows
+    # Machado et al. 2018; the 2015 papers (DQN, DRQN, DARQN) used the deterministic ALE (0) with no-op starts.
+    sticky_actions: float = 0.25
     # Prioritized replay (Schaul et al. 2016; book chapter 4): samples drawn in proportion to
     # (|TD error| + priority_eps)^priority_alpha, their losses weighted by importance-sampling weights with
     # an exponent annealed linearly from priority_beta to 1 over the run. Windows (recurrent and attention
@@ -75,8 +82,10 @@ class QLearningConfig:
     def validate(self) -> None:
         if self.loss not in ("huber", "mse"):
             raise ValueError(f"loss must be 'huber' or 'mse', got {self.loss!r}")
-        if self.optimizer not in ("adam", "rmsprop_centered"):
-            raise ValueError(f"optimizer must be 'adam' or 'rmsprop_centered', got {self.optimizer!r}")
+        if self.optimizer not in ("adam", "rmsprop_dqn", "rmsprop_centered"):
+            raise ValueError(f"optimizer must be 'adam', 'rmsprop_dqn' or 'rmsprop_centered', got {self.optimizer!r}")
+        if not 0 <= self.sticky_actions <= 1:
+            raise ValueError(f"sticky_actions must lie in [0, 1], got {self.sticky_actions}")
         if not 0 <= self.eps_end <= self.eps_start <= 1:
             raise ValueError(f"need 0 <= eps_end <= eps_start <= 1, got {self.eps_start}, {self.eps_end}")
         for name in ("batch_size", "buffer_size", "train_freq", "gradient_steps", "target_update"):
@@ -181,9 +190,51 @@ class Agent(ABC):
             network.train()
 
 
+class DQNRMSprop(torch.optim.Optimizer):
+    """Centred RMSProp as the DQN (Mnih et al. 2015) and DARQN (Sorokin et al. 2015) Lua code computes it::
+
+        g  <- alpha g  + (1 - alpha) grad          (running mean of the gradient)
+        g2 <- alpha g2 + (1 - alpha) grad^2        (running mean of its square)
+        w  <- w - lr * grad / sqrt(g2 - g^2 + eps)
+
+    PyTorch's ``RMSprop(centered=True)`` puts ``eps`` outside the root, ``sqrt(g2 - g^2) + eps``: with the
+    papers' eps = 0.01 the two differ most where the gradient's variance is small (there the Lua step is at
+    most ``lr * grad / 0.1``, PyTorch's ``lr * grad / 0.01``).
+    """
+
+    def __init__(self, params: Any, lr: float = 2.5e-4, alpha: float = 0.95, eps: float = 0.01) -> None:
+        if lr < 0 or not 0 <= alpha < 1 or eps <= 0:
+            raise ValueError(f"need lr >= 0, 0 <= alpha < 1, eps > 0; got {lr}, {alpha}, {eps}")
+        super().__init__(params, {"lr": lr, "alpha": alpha, "eps": eps})
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            alpha, eps, lr = group["alpha"], group["eps"], group["lr"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["g"] = torch.zeros_like(p)
+                    state["g2"] = torch.zeros_like(p)
+                g, g2 = state["g"], state["g2"]
+                g.mul_(alpha).add_(p.grad, alpha=1 - alpha)
+                g2.mul_(alpha).addcmul_(p.grad, p.grad, value=1 - alpha)
+                p.addcdiv_(p.grad, (g2 - g * g + eps).sqrt(), value=-lr)
+        return loss
+
+
 def make_optimizer(params: Any, config: QLearningConfig) -> torch.optim.Optimizer:
-    """Adam (fused where this torch supports it: measured 5x faster steps on 1.7M parameters), or centered
-    RMSProp with DQN's constants (squared-gradient decay 0.95, epsilon 0.01)."""
+    """Adam (fused where this torch supports it: measured 5x faster steps on 1.7M parameters), or centred
+    RMSProp with DQN's constants (squared-gradient decay 0.95, epsilon 0.01): :class:`DQNRMSprop` (the
+    papers' code) or PyTorch's (``rmsprop_centered``, epsilon outside the root)."""
+    if config.optimizer == "rmsprop_dqn":
+        return DQNRMSprop(params, lr=config.lr, alpha=0.95, eps=0.01)
     if config.optimizer == "rmsprop_centered":
         return torch.optim.RMSprop(params, lr=config.lr, alpha=0.95, eps=0.01, centered=True)
     try:
@@ -284,11 +335,18 @@ class QAgent(Agent):
         ``priority_beta`` at step 0 to 1 at ``total_steps`` (Schaul et al. 2016; 0: beta stays as it is)."""
         c = self.config
         if c.lr_end > 0 and c.lr_decay_steps > 0:
-            lr = linear_schedule(c.lr, c.lr_end, c.lr_decay_steps, step)
+            lr = linear_schedule(c.lr, c.lr_end, c.lr_decay_steps, self.anneal_step(step))
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
         if c.prioritized and total_steps > 0:
             self.beta = linear_schedule(c.priority_beta, 1.0, total_steps, step)
+
+    def anneal_step(self, step: int) -> int:
+        """The step the epsilon and learning-rate schedules read: ``step``, or with
+        ``anneal_after_learning_starts`` the steps since learning started (the DQN/DARQN Lua code)."""
+        if self.config.anneal_after_learning_starts:
+            return max(0, step - self.config.learning_starts)
+        return step
 
     def update(self, buffer: ReplayBuffer) -> dict[str, float]:
         """One gradient step on a sample from ``buffer``; returns scalars to log.

@@ -154,16 +154,20 @@ class DARQN(QAgent):
 
     @staticmethod
     def atari_paper(attention: str = "soft") -> DARQNConfig:
-        """Sorokin et al. 2015 exactly: single frames, LSTM 256, unroll 4, centered RMSProp (0.95, 0.01) with the
-        learning rate annealed linearly over 1M steps from 0.01 (soft) or 0.001 (hard) to 0.00025, rewards
-        clipped to [-1, 1], TD error clipped at 1 (Huber), gradients clamped to +-5, epsilon 1 -> 0.1 over 1M of
-        the 5M steps; replay 500k, learning from 25k, an update every 4 steps, the target every 10k."""
+        """Sorokin et al. 2015 and their code: single frames, LSTM 256, unroll 4, centred RMSProp as the Lua
+        code computes it (:class:`~companion.agents.base.DQNRMSprop`: 0.95, 0.01 inside the square root)
+        with the learning rate annealed linearly over 1M steps from 0.01 (soft) or 0.001 (hard) to 0.00025,
+        rewards clipped to [-1, 1], TD error clipped at 1 (Huber), gradients clamped to +-5, epsilon
+        1 -> 0.1 over 1M of the 5M steps, both schedules counted from the start of learning; replay 500k,
+        learning from 25k, an update every 4 steps, the target every 10k; the deterministic ALE (no sticky
+        actions) with up to 30 no-op starts. Not reproduced: the hard variant's CNN pretrained on Seaquest."""
         return DARQNConfig(attention=attention, frame_stack=1, lstm_size=256, attention_hidden=256, seq_len=4,
                            batch_size=32, buffer_size=500_000, learning_starts=25_000, train_freq=4,
                            gradient_steps=1, target_update=10_000, gamma=0.99, reward_clip=1.0, loss="huber",
-                           grad_clamp=5.0, max_grad_norm=0.0, optimizer="rmsprop_centered",
+                           grad_clamp=5.0, max_grad_norm=0.0, optimizer="rmsprop_dqn",
                            lr=0.01 if attention == "soft" else 0.001, lr_end=0.00025, lr_decay_steps=1_000_000,
-                           eps_start=1.0, eps_end=0.1, eps_fraction=0.2, eval_epsilon=0.05, double_dqn=False)
+                           eps_start=1.0, eps_end=0.1, eps_fraction=0.2, eval_epsilon=0.05, double_dqn=False,
+                           anneal_after_learning_starts=True, sticky_actions=0.0)
 
     def __init__(self, obs_shape: tuple[int, ...], n_actions: int, config: DARQNConfig, device: torch.device) -> None:
         config.validate()

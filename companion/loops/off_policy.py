@@ -3,7 +3,8 @@
 One loop serves every Q-learning agent (:class:`~companion.agents.base.QAgent`): DQN, DRQN, DARQN and
 SA-DQN. Per environment step:
 
-1. act with epsilon annealed linearly from ``eps_start`` to ``eps_end`` over ``eps_fraction`` of the run;
+1. act with epsilon annealed linearly from ``eps_start`` to ``eps_end`` over ``eps_fraction`` of the run
+   (from step 0, or from ``learning_starts`` with ``anneal_after_learning_starts``, as the Lua code did);
 2. store ``(o, a, r, o', terminated, truncated)`` in the agent's replay buffer;
 3. after ``learning_starts`` steps, every ``train_freq`` steps, take ``gradient_steps`` updates (from
    uniform or prioritized replay: the agent's config picks its buffer, and its update anneals beta);
@@ -61,7 +62,7 @@ def run(ctx: LoopContext) -> LoopResult:
     interrupted = False
     bar = ctx.progress
     while step < ctx.total_steps:
-        epsilon = linear_schedule(c.eps_start, c.eps_end, eps_duration, step)
+        epsilon = linear_schedule(c.eps_start, c.eps_end, eps_duration, agent.anneal_step(step))
         action, recurrent_state = agent.act(obs, recurrent_state, epsilon, explore_rng)
         next_obs, reward, terminated, truncated, _ = env.step(action)
         buffer.add(obs, action, reward, next_obs, terminated, truncated)
