@@ -8,7 +8,7 @@ import torch
 
 from companion.__main__ import main
 from companion.agents import AGENTS, DARQN, DARQNConfig
-from companion.agents.base import DQNRMSprop, sequence_td, sequence_tensors
+from companion.agents.base import DQNRMSprop, schedule_step, sequence_td, sequence_tensors
 from companion.buffers import SequenceBatch
 
 CPU = torch.device("cpu")
@@ -66,7 +66,7 @@ def test_learning_rate_anneals_linearly():
                      (start + 500, 0.00025)):
         agent.set_step(step)
         assert agent.optimizer.param_groups[0]["lr"] == pytest.approx(lr)
-    assert agent.anneal_step(start + 7) == 7 and agent.anneal_step(10) == 0  # epsilon reads the same step
+    assert schedule_step(config, start + 7) == 7 and schedule_step(config, 10) == 0  # epsilon reads it too
 
 
 def test_state_resets_at_episode_start_and_acting_matches_unroll():

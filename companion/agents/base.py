@@ -29,7 +29,7 @@ from companion.buffers import (
 )
 
 __all__ = ["Agent", "DQNRMSprop", "QAgent", "QLearningConfig", "SequenceTensors", "linear_schedule", "make_optimizer",
-           "masked_mean", "replay_loss", "sequence_td", "sequence_tensors", "td_loss"]
+           "masked_mean", "replay_loss", "schedule_step", "sequence_td", "sequence_tensors", "td_loss"]
 
 
 @dataclasses.dataclass
@@ -104,6 +104,14 @@ def linear_schedule(start: float, end: float, duration: int, step: int) -> float
     if duration <= 0:
         return end
     return end + (start - end) * max(0.0, 1.0 - step / duration)
+
+
+def schedule_step(config: QLearningConfig, step: int) -> int:
+    """The step the epsilon and learning-rate schedules read: ``step``, or with
+    ``anneal_after_learning_starts`` the steps since learning started (the DQN/DARQN Lua code)."""
+    if config.anneal_after_learning_starts:
+        return max(0, step - config.learning_starts)
+    return step
 
 
 class Agent(ABC):
@@ -335,18 +343,11 @@ class QAgent(Agent):
         ``priority_beta`` at step 0 to 1 at ``total_steps`` (Schaul et al. 2016; 0: beta stays as it is)."""
         c = self.config
         if c.lr_end > 0 and c.lr_decay_steps > 0:
-            lr = linear_schedule(c.lr, c.lr_end, c.lr_decay_steps, self.anneal_step(step))
+            lr = linear_schedule(c.lr, c.lr_end, c.lr_decay_steps, schedule_step(c, step))
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
         if c.prioritized and total_steps > 0:
             self.beta = linear_schedule(c.priority_beta, 1.0, total_steps, step)
-
-    def anneal_step(self, step: int) -> int:
-        """The step the epsilon and learning-rate schedules read: ``step``, or with
-        ``anneal_after_learning_starts`` the steps since learning started (the DQN/DARQN Lua code)."""
-        if self.config.anneal_after_learning_starts:
-            return max(0, step - self.config.learning_starts)
-        return step
 
     def update(self, buffer: ReplayBuffer) -> dict[str, float]:
         """One gradient step on a sample from ``buffer``; returns scalars to log.

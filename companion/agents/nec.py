@@ -86,7 +86,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from companion.agents.base import Agent, QLearningConfig, linear_schedule, make_optimizer, td_loss
+from companion.agents.base import Agent, QLearningConfig, linear_schedule, make_optimizer, schedule_step, td_loss
 from companion.networks import make_encoder
 
 __all__ = ["DND", "NEC", "NECBatch", "NECConfig", "NECNetwork", "NStepReplay"]
@@ -473,7 +473,7 @@ class NEC(Agent):
         looked up this same observation, and replayed batches look up the rest."""
         if rng.random() < epsilon:
             return int(rng.integers(self.n_actions)), state
-        with torch.no_grad():
+        with self.inference():
             q = self.net(torch.as_tensor(obs, device=self.device).unsqueeze(0), touch=False)  # (1, A)
         return int(q.argmax(1)), state
 
@@ -482,7 +482,7 @@ class NEC(Agent):
         loop passes for prioritized replay's beta, is not needed: NEC replays uniformly)."""
         c = self.config
         if c.lr_end > 0 and c.lr_decay_steps > 0:
-            factor = linear_schedule(c.lr, c.lr_end, c.lr_decay_steps, step) / c.lr
+            factor = linear_schedule(c.lr, c.lr_end, c.lr_decay_steps, schedule_step(c, step)) / c.lr
             for optimizer, lr in ((self.optimizer, c.lr), (self.dnd_optimizer, c.dnd_lr)):
                 for group in optimizer.param_groups:
                     group["lr"] = lr * factor

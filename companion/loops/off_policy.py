@@ -24,7 +24,7 @@ from collections import deque
 
 import numpy as np
 
-from companion.agents.base import linear_schedule
+from companion.agents.base import linear_schedule, schedule_step
 from companion.loops.base import LoopContext, LoopResult, UpdateLog, next_multiple
 from companion.utils import episode_seed
 
@@ -62,7 +62,7 @@ def run(ctx: LoopContext) -> LoopResult:
     interrupted = False
     bar = ctx.progress
     while step < ctx.total_steps:
-        epsilon = linear_schedule(c.eps_start, c.eps_end, eps_duration, agent.anneal_step(step))
+        epsilon = linear_schedule(c.eps_start, c.eps_end, eps_duration, schedule_step(c, step))
         action, recurrent_state = agent.act(obs, recurrent_state, epsilon, explore_rng)
         next_obs, reward, terminated, truncated, _ = env.step(action)
         buffer.add(obs, action, reward, next_obs, terminated, truncated)
