@@ -1,5 +1,5 @@
-"""Self-check functions for the exercises of chapters 1 (attention), 3 (actor-critic), 4 (memory) and 5
-(hierarchical attention).
+"""Self-check functions for the exercises of chapters 1 (attention), 2 (TD targets), 3 (actor-critic),
+4 (memory), 5 (hierarchical attention), 6 (REINFORCE for hard attention) and 7 (the masked TD loss).
 
 Each ``check_*`` function runs the reader's function on random inputs, compares it with the
 companion's implementation, prints a one-line verdict, and returns ``True`` when it is right. When it
@@ -19,8 +19,9 @@ from companion.attention import causal_mask, scaled_dot_product_attention, windo
 from companion.buffers import gae
 
 __all__ = ["check_attention", "check_best_chunk_size", "check_causal_mask", "check_chunk_summaries",
-           "check_clipped_objective", "check_gae", "check_is_weights", "check_masked_attention", "check_memory_mask",
-           "check_split_heads", "check_sum_tree_find", "check_window_mask"]
+           "check_clipped_objective", "check_double_dqn_target", "check_gae", "check_is_weights",
+           "check_masked_attention", "check_masked_td_loss", "check_memory_mask", "check_reinforce_gradient",
+           "check_split_heads", "check_sum_tree_find", "check_td_targets", "check_window_mask"]
 
 
 def _close(a: object, b: Tensor) -> bool:
@@ -402,3 +403,111 @@ def check_chunk_summaries(fn: Callable[[Tensor, int], object]) -> bool:
                 "the short last chunk divided by c, not by its length": torch.stack([chunk.sum(0) / c
                                                                                      for chunk in chunks])}
     return _verdict(name, result, expected, mistakes)
+
+
+# --------------------------------------------------------------------------------------------------
+# Chapter 2: TD targets
+# --------------------------------------------------------------------------------------------------
+def _td_case() -> tuple[Tensor, ...]:
+    rewards = torch.tensor([1.0, 1.0, 0.5, 1.0, -1.0, 1.0], dtype=torch.float64)
+    next_online = torch.tensor([[0.2, 1.5], [2.0, 0.1], [0.3, 0.4], [1.0, 3.0], [0.5, 0.2], [2.5, 2.0]],
+                               dtype=torch.float64)  # Q_theta(s', .)
+    next_target = torch.tensor([[1.0, 0.5], [0.7, 2.2], [0.9, 0.1], [2.0, 1.2], [0.3, 0.8], [1.1, 1.9]],
+                               dtype=torch.float64)  # Q_theta-(s', .)
+    terminated = torch.tensor([False, True, False, False, False, False])
+    truncated = torch.tensor([False, False, False, True, False, False])
+    return rewards, next_online, next_target, terminated, truncated
+
+
+def check_td_targets(fn: Callable[..., object]) -> bool:
+    """Chapter 2: ``fn(rewards, next_q, terminated, truncated, gamma) -> targets``, DQN's targets
+    ``r + gamma (1 - terminated) max_a' next_q[:, a']`` for a batch of transitions (``next_q`` ``(B, A)``)."""
+    name = "check_td_targets"
+    rewards, _, next_q, terminated, truncated = _td_case()
+    gamma = 0.9
+    result, error = _run(name, fn, rewards, next_q, terminated, truncated, gamma)
+    if error:
+        print(error)
+        return False
+    best = next_q.max(1).values
+    expected = rewards + gamma * (1.0 - terminated.double()) * best
+    mistakes = {"a truncated transition is treated as terminated: the time limit is not the end of the task, "
+                "so it still bootstraps": rewards + gamma * (1.0 - (terminated | truncated).double()) * best,
+                "(1 - terminated) is missing: a terminal transition has no future": rewards + gamma * best,
+                "the bootstrap is the mean, not the max, over next actions":
+                rewards + gamma * (1.0 - terminated.double()) * next_q.mean(1)}
+    return _verdict(name, _as_tensor(result), expected, mistakes)
+
+
+def check_double_dqn_target(fn: Callable[..., object]) -> bool:
+    """Chapter 2: ``fn(rewards, next_online, next_target, terminated, gamma) -> targets``, Double DQN's
+    ``r + gamma (1 - terminated) Q_target(s', argmax_a' Q_online(s', a'))`` (both ``(B, A)``)."""
+    name = "check_double_dqn_target"
+    rewards, next_online, next_target, terminated, _ = _td_case()
+    gamma = 0.9
+    result, error = _run(name, fn, rewards, next_online, next_target, terminated, gamma)
+    if error:
+        print(error)
+        return False
+    not_done = 1.0 - terminated.double()
+    chosen = next_online.argmax(1, keepdim=True)
+    expected = rewards + gamma * not_done * next_target.gather(1, chosen)[:, 0]
+    mistakes = {"the roles are swapped: the online network chooses the action, the target network values it":
+                rewards + gamma * not_done * next_online.gather(1, next_target.argmax(1, keepdim=True))[:, 0],
+                "this is plain DQN's target: the target network both chooses and values":
+                rewards + gamma * not_done * next_target.max(1).values,
+                "(1 - terminated) is missing: a terminal transition has no future":
+                rewards + gamma * next_target.gather(1, chosen)[:, 0]}
+    return _verdict(name, _as_tensor(result), expected, mistakes)
+
+
+# --------------------------------------------------------------------------------------------------
+# Chapter 6: REINFORCE for hard attention
+# --------------------------------------------------------------------------------------------------
+def check_reinforce_gradient(fn: Callable[..., object]) -> bool:
+    """Chapter 6: ``fn(scores, location, reward, baseline) -> grad``, the one-sample REINFORCE estimate of the
+    gradient of ``E_{i ~ softmax(scores)}[R(i)]`` with respect to ``scores`` ``(L,)``: ``(R - b)`` times the
+    gradient of ``log softmax(scores)[location]``."""
+    name = "check_reinforce_gradient"
+    scores = torch.tensor([0.3, -1.0, 2.0, 0.5, 0.0], dtype=torch.float64)
+    location, reward, baseline = 3, 2.0, 0.5
+    result, error = _run(name, fn, scores.clone(), location, reward, baseline)
+    if error:
+        print(error)
+        return False
+    probs = torch.softmax(scores, 0)
+    onehot = torch.nn.functional.one_hot(torch.tensor(location), 5).double()
+    expected = (reward - baseline) * (onehot - probs)
+    mistakes = {"the baseline is added, not subtracted": (reward + baseline) * (onehot - probs),
+                "the baseline is missing": reward * (onehot - probs),
+                "the softmax's own term is missing: d log g_i / d e_j = 1[i = j] - g_j":
+                (reward - baseline) * onehot,
+                "this is the gradient of g_i, not of log g_i: divide by g_i":
+                (reward - baseline) * probs[location] * (onehot - probs)}
+    return _verdict(name, _as_tensor(result), expected, mistakes)
+
+
+# --------------------------------------------------------------------------------------------------
+# Chapter 7: the TD loss over a window's positions
+# --------------------------------------------------------------------------------------------------
+def check_masked_td_loss(fn: Callable[..., object]) -> bool:
+    """Chapter 7: ``fn(q_taken, targets, mask) -> loss``, the mean squared TD error over the positions of a
+    batch of windows where ``mask`` ``(B, T)`` is True (positions after a window's episode ended are padding)."""
+    name = "check_masked_td_loss"
+    gen = torch.Generator().manual_seed(7)
+    q_taken = torch.randn(3, 5, generator=gen, dtype=torch.float64)
+    targets = torch.randn(3, 5, generator=gen, dtype=torch.float64)
+    mask = torch.tensor([[True, True, False, False, False], [True] * 5, [True, True, True, True, False]])
+    result, error = _run(name, fn, q_taken.clone(), targets.clone(), mask.clone())
+    if error:
+        print(error)
+        return False
+    squared = (q_taken - targets) ** 2
+    m = mask.double()
+    expected = (squared * m).sum() / m.sum()
+    mistakes = {"the padding counts: average over the valid positions only": squared.mean(),
+                "the masked positions are zeroed but still counted in the mean": (squared * m).mean(),
+                "a mean of per-window means: each valid position should weigh the same":
+                ((squared * m).sum(1) / m.sum(1)).mean(),
+                "a sum, not a mean": (squared * m).sum()}
+    return _verdict(name, _as_tensor(result), expected, mistakes)

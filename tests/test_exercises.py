@@ -217,3 +217,66 @@ def test_chapter5_checks_accept_solutions_and_name_mistakes(capsys):
         return length - costs[::-1].index(min(costs))
 
     assert not check_best_chunk_size(larger_on_a_tie)
+
+
+def test_chapter2_td_target_checks(capsys):
+    from companion.exercises import check_double_dqn_target, check_td_targets
+
+    def td(rewards, next_q, terminated, truncated, gamma):
+        return rewards + gamma * (1.0 - terminated.double()) * next_q.max(1).values
+
+    def td_truncation_ends(rewards, next_q, terminated, truncated, gamma):
+        return rewards + gamma * (1.0 - (terminated | truncated).double()) * next_q.max(1).values
+
+    assert check_td_targets(td)
+    assert not check_td_targets(td_truncation_ends)
+    assert "truncated transition is treated as terminated" in capsys.readouterr().out
+
+    def double(rewards, online, target, terminated, gamma):
+        return rewards + gamma * (1.0 - terminated.double()) * target.gather(1, online.argmax(1, keepdim=True))[:, 0]
+
+    def swapped(rewards, online, target, terminated, gamma):
+        return rewards + gamma * (1.0 - terminated.double()) * online.gather(1, target.argmax(1, keepdim=True))[:, 0]
+
+    def plain(rewards, online, target, terminated, gamma):
+        return rewards + gamma * (1.0 - terminated.double()) * target.max(1).values
+
+    assert check_double_dqn_target(double)
+    assert not check_double_dqn_target(swapped)
+    assert "roles are swapped" in capsys.readouterr().out
+    assert not check_double_dqn_target(plain)
+    assert "plain DQN" in capsys.readouterr().out
+
+
+def test_chapter6_reinforce_check(capsys):
+    from companion.exercises import check_reinforce_gradient
+
+    def autograd(scores, location, reward, baseline):
+        scores = scores.clone().requires_grad_(True)
+        ((reward - baseline) * torch.log_softmax(scores, 0)[location]).backward()
+        return scores.grad
+
+    def no_softmax_term(scores, location, reward, baseline):
+        return (reward - baseline) * torch.nn.functional.one_hot(torch.tensor(location), len(scores)).double()
+
+    assert check_reinforce_gradient(autograd)
+    assert not check_reinforce_gradient(no_softmax_term)
+    assert "softmax's own term" in capsys.readouterr().out
+
+
+def test_chapter7_masked_td_loss_check(capsys):
+    from companion.exercises import check_masked_td_loss
+
+    def masked(q, y, mask):
+        m = mask.double()
+        return (((q - y) ** 2) * m).sum() / m.sum()
+
+    def per_window(q, y, mask):
+        m = mask.double()
+        return ((((q - y) ** 2) * m).sum(1) / m.sum(1)).mean()
+
+    assert check_masked_td_loss(masked)
+    assert not check_masked_td_loss(per_window)
+    assert "per-window means" in capsys.readouterr().out
+    assert not check_masked_td_loss(lambda q, y, mask: ((q - y) ** 2).mean())
+    assert "padding counts" in capsys.readouterr().out
