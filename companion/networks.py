@@ -93,8 +93,8 @@ class LocationCNN(nn.Module):
     """A CNN whose output is a set of location vectors ``(B, L, D)`` rather than one flat vector.
 
     - Atari ``(C, 84, 84)``: conv 32@8x8/4, 64@4x4/2, 256@3x3/1 -> 7x7 locations of 256 (Sorokin et al.).
-    - MinAtar ``(C, 10, 10)``: one conv 32@3x3/1, as MinAtar's own network (16 filters there) -> 8x8
-      locations of 32.
+    - MinAtar ``(C, 10, 10)``: one conv 32@3x3/1 -> 8x8 locations of 32: MinAtar's own network's layer
+      (Young & Tian 2019) with twice its 16 filters.
     """
 
     def __init__(self, obs_shape: tuple[int, ...]) -> None:
