@@ -6,6 +6,12 @@ Run by hand on an otherwise idle machine:
 forward (online and target), backward, optimizer step, with each agent's preset for the env family
 (MinAtar: batch 32; recurrent and attention agents on 8-step windows; classic control: the chapter 2
 presets). The replay is filled by a random policy in the real env.
+
+A second table, in the same run, is SA-DQN's context length K on CartPole (book chapter 7.5): ms per
+update and per action (one forward pass over a full context; DRQN steps its LSTM once) for each K. An
+update reads K positions per window, twice for the next-state values; attention costs O(K^2) per
+window, the MLPs O(K); acting re-reads the whole context at every step, where DRQN's step is O(1). The
+rows at the preset's K = 16, and DRQN's, are the first table's measurements: one measurement, one number.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ CASES = [  # (label, algo, env_id, overrides)
     ("SA-DQN", "sadqn", "MinAtar/Breakout-v1", {}),
     ("SA-DQN entity", "sadqn-entity", "MinAtar/Breakout-v1", {}),
 ]
+CONTEXTS = (2, 4, 8, 16, 32, 64)  # SA-DQN's K on CartPole; 16 is the preset
 
 
 def measure(algo: str, env_id: str, overrides: dict, device: torch.device, min_run_time: float) -> dict:
@@ -49,8 +56,22 @@ def measure(algo: str, env_id: str, overrides: dict, device: torch.device, min_r
         buffer.add(obs, 0, reward, next_obs, terminated, truncated)
         obs = env.reset()[0] if terminated or truncated else next_obs
     ms = 1e3 * time_call(lambda: agent.update(buffer), min_run_time=min_run_time)
+    window = config.burn_in + config.seq_len if AGENTS[algo].sequence_replay else None  # feed-forward: none
     return {"parameters": agent.num_parameters(), "ms_per_update": round(ms, 2), "batch_size": config.batch_size,
-            "window": getattr(config, "seq_len", None)}
+            "window": window}
+
+
+def ms_per_action(algo: str, env_id: str, overrides: dict, device: torch.device, min_run_time: float) -> float:
+    """One greedy action with a full acting state: SA-DQN's context of K observations, DRQN's LSTM."""
+    run, config = build_config(algo, env_id, overrides=overrides)
+    env = make_run_env(run, config)
+    agent = AGENTS[algo](env.observation_space.shape, int(env.action_space.n), config, device)
+    rng = np.random.default_rng(0)
+    obs = rng.standard_normal((200, *env.observation_space.shape)).astype(np.float32)
+    state = agent.initial_state()
+    for o in obs[:-1]:  # fill the state: the context reaches its full length
+        _, state = agent.act(o, state, 0.0, rng)
+    return 1e3 * time_call(lambda: agent.act(obs[-1], state, 0.0, rng), min_run_time=min_run_time)
 
 
 def benchmark_args(description: str) -> tuple[argparse.Namespace, torch.device]:
@@ -73,10 +94,22 @@ def main() -> None:
     args, device = benchmark_args(__doc__.splitlines()[0])
     rows = []
     for label, algo, env_id, overrides in CASES:
-        row = {"agent": label, "algo": algo, "env_id": env_id, "overrides": overrides,
+        row = {"table": "agents", "agent": label, "algo": algo, "env_id": env_id, "overrides": overrides,
                **measure(algo, env_id, overrides, device, args.min_run_time)}
         rows.append(row)
         print(f"{env_id:22s} {label:15s} {row['parameters']:>9,} parameters {row['ms_per_update']:8.2f} ms/update")
+    measured = {(r["algo"], r["env_id"], r["window"]): r for r in rows}
+    context = "CartPole-v1"
+    for label, algo, k in [("SA-DQN", "sadqn", k) for k in CONTEXTS] + [("DRQN", "drqn", 16)]:
+        overrides = {"seq_len": k}
+        same = measured.get((algo, context, k))  # the preset's K: the row above, not a second measurement
+        cost = same if same else measure(algo, context, overrides, device, args.min_run_time)
+        row = {"table": "context", "agent": label, "algo": algo, "env_id": context, "K": k,
+               "parameters": cost["parameters"], "ms_per_update": cost["ms_per_update"],
+               "ms_per_action": round(ms_per_action(algo, context, overrides, device, args.min_run_time), 3)}
+        rows.append(row)
+        print(f"{context:22s} {label:7s} K={k:3d} {row['ms_per_update']:8.2f} ms/update "
+              f"{row['ms_per_action']:6.3f} ms/action")
     if args.save:
         out = Path(__file__).resolve().parents[1] / "results" / "benchmarks"
         print("saved", save_benchmark("update_cost", rows, device, out))

@@ -6,7 +6,7 @@
 #     DARQN-soft and DARQN-hard, with the shared settings of experiments/ch6.sh (repeated here).
 # New here: a popgym memory task for every agent, and the context length K on CartPole flicker (K = 16 is the
 # preset, stored in results/ch2-pomdp/sadqn; K = 32 was planned and dropped for time, its cost is measured by
-# benchmarks/sadqn_context.py).
+# benchmarks/update_cost.py).
 # History: the first SA-DQN (history) runs acted on seq_len + 1 observations, one more than any position the
 # TD loss trains; they were withdrawn and made again with the fix (commit "SA-DQN acts on seq_len
 # observations"). The entity runs were not affected and were kept. The second version still read that position
