@@ -158,11 +158,15 @@ def test_hard_attention_gradients_follow_the_original_code():
     assert _grad_sum(td, [agent.q.lstm, agent.q.cnn, agent.q.head]) > 0  # the rest learns from the TD loss
     assert _grad_sum(baseline_loss, [agent.q.lstm, agent.q.attention, agent.q.cnn]) == 0.0
     assert _grad_sum(baseline_loss, [agent.q.baseline]) > 0
-    # REINFORCE is what trains the attention
+    # REINFORCE trains the attention and the CNN (through the location vectors), not the LSTM: the original
+    # passes nothing back from the attention into h_{t-1}
     reinforce = -(extras["log_prob"] * extras["sampled"].float()).sum()
-    assert _grad_sum(reinforce, [agent.q.attention]) > 0
-    agent, td, baseline_loss, _ = _hard_loss_parts("end_to_end")
+    assert _grad_sum(reinforce, [agent.q.attention]) > 0 and _grad_sum(reinforce, [agent.q.cnn]) > 0
+    assert _grad_sum(reinforce, [agent.q.lstm]) == 0.0
+    agent, td, baseline_loss, extras = _hard_loss_parts("end_to_end")
     assert _grad_sum(td, [agent.q.attention]) > 0
+    reinforce = -(extras["log_prob"] * extras["sampled"].float()).sum()
+    assert _grad_sum(reinforce, [agent.q.lstm]) > 0
     assert _grad_sum(baseline_loss, [agent.q.lstm, agent.q.attention, agent.q.cnn]) > 0
 
 

@@ -24,12 +24,18 @@ the gradient of ``E[R]`` is ``E[(R - b) grad log g_{i_t}]``. Following the origi
   that is constant across locations, which the softmax cancels: here their weights are detached);
 - the baseline ``b_t = w_b^T h_t + c`` is fitted to ``y_t`` by squared error, and only the baseline layer
   learns from that fit (``h_t`` is detached): the LSTM, attention and CNN learn from the TD loss and the
-  REINFORCE term alone.
+  REINFORCE term alone;
+- nothing the attention receives flows back into the recurrent state: its query ``h_{t-1}`` is detached
+  (the original drops the attention's gradient with respect to ``h_{t-1}``), so REINFORCE trains the
+  attention and, through the location vectors, the CNN, but not the LSTM.
 
-``hard_gradients="end_to_end"`` keeps this module's first version, which differs on the last two points:
-the soft-mixed examples backpropagate the TD loss into the attention, and the baseline's squared error
-reaches the LSTM, the attention and the CNN. Sorokin et al.'s hard runs also started from a CNN pretrained
-on Seaquest; here every network starts from scratch.
+``hard_gradients="end_to_end"`` keeps this module's first version, which differs on the last three points.
+Three differences from the original remain, by choice: REINFORCE's sign is the textbook one (the original's
+REINFORCE layer returns a gradient for a descent step while its learner ascends, so as we read it the
+attention there moves against the REINFORCE direction); the losses are averaged over the batch and the
+unroll where the original sums the TD gradient; and Sorokin et al.'s hard runs started from a CNN
+pretrained on Seaquest, while here every network starts from scratch. Soft attention backpropagates the
+TD loss through the attention into ``h_{t-1}``, which the original code does not.
 
 Learning uses :class:`~companion.buffers.SequenceReplayBuffer` windows from a zero state, like DRQN. The
 recurrent core is an ``nn.LSTMCell`` stepped over ``unbind(1)`` of the precomputed CNN features.
@@ -111,7 +117,8 @@ class DARQNNetwork(nn.Module):
         original = self.config.hard_gradients == "original"
         outputs: dict[str, list[Tensor]] = {"q": [], "weights": [], "log_prob": [], "sampled": [], "baseline": []}
         for v in locations.unbind(1):  # v: (B, L, D)
-            weights = torch.softmax(self.attention.scores(h[:, None, :], v)[:, 0], dim=-1)  # (B, L)
+            query = h.detach() if hard and original else h  # the original passes nothing back into h_{t-1}
+            weights = torch.softmax(self.attention.scores(query[:, None, :], v)[:, 0], dim=-1)  # (B, L)
             if hard and sample:
                 index = torch.multinomial(weights, 1)  # (B, 1)
                 chosen = F.one_hot(index[:, 0], weights.shape[-1]).to(weights.dtype)  # (B, L)
@@ -160,7 +167,9 @@ class DARQN(QAgent):
         rewards clipped to [-1, 1], TD error clipped at 1 (Huber), gradients clamped to +-5, epsilon
         1 -> 0.1 over 1M of the 5M steps, both schedules counted from the start of learning; replay 500k,
         learning from 25k, an update every 4 steps, the target every 10k; the deterministic ALE (no sticky
-        actions) with up to 30 no-op starts. Not reproduced: the hard variant's CNN pretrained on Seaquest."""
+        actions) with up to 30 no-op starts. Not reproduced: the hard variant's CNN pretrained on Seaquest, and the
+        scale of the update (the Lua code sums the TD gradient over the batch and the unroll, the companion
+        averages it; with eps inside the root, RMSProp's step depends on that scale)."""
         return DARQNConfig(attention=attention, frame_stack=1, lstm_size=256, attention_hidden=256, seq_len=4,
                            batch_size=32, buffer_size=500_000, learning_starts=25_000, train_freq=4,
                            gradient_steps=1, target_update=10_000, gamma=0.99, reward_clip=1.0, loss="huber",
