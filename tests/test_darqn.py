@@ -8,7 +8,7 @@ import torch
 
 from companion.__main__ import main
 from companion.agents import AGENTS, DARQN, DARQNConfig
-from companion.agents.base import DQNRMSprop, schedule_step, sequence_td, sequence_tensors
+from companion.agents.base import DQNRMSprop, make_optimizer, schedule_step, sequence_td, sequence_tensors
 from companion.buffers import SequenceBatch
 
 CPU = torch.device("cpu")
@@ -213,3 +213,40 @@ def test_atari_paper_env_is_the_deterministic_ale():
             assert env.unwrapped.ale.getFloat("repeat_action_probability") == pytest.approx(expected)
         finally:
             env.close()
+
+
+def test_atari_paper_optimizer_and_target():
+    config = DARQN.atari_paper("soft")
+    assert config.double_dqn is False  # the paper's (and the original code's) max over the target network
+    optimizer = make_optimizer([torch.nn.Parameter(torch.zeros(1))], config)
+    assert isinstance(optimizer, DQNRMSprop)
+    assert optimizer.param_groups[0]["alpha"] == 0.95 and optimizer.param_groups[0]["eps"] == 0.01
+
+
+def test_hard_attention_samples_at_every_step_when_acting():
+    """In eval mode (acting, evaluation) every example samples its location; the soft mix is for training."""
+    config = dataclasses.replace(DARQN.preset("MinAtar"), attention="hard", lstm_size=16, attention_hidden=8)
+    net = DARQN((4, 10, 10), 3, config, CPU).q.eval()
+    obs = torch.randint(0, 2, (8, 3, 4, 10, 10), dtype=torch.uint8)
+    with torch.no_grad():
+        _, _, extras = net(obs, sample=True)
+    assert extras["sampled"].all()
+    net.train()
+    with torch.no_grad():
+        _, _, extras = net(obs, sample=True)
+    assert not extras["sampled"].all()
+
+
+def test_reinforce_term_does_not_train_the_baseline():
+    """The advantage is a constant for REINFORCE: the baseline learns from its squared error only."""
+    grads = []
+    for scale in (0.1, 0.0):
+        torch.manual_seed(0)
+        config = dataclasses.replace(DARQN.preset("MinAtar"), attention="hard", lstm_size=16, attention_hidden=8,
+                                     reinforce_scale=scale)
+        agent = DARQN((4, 10, 10), 3, config, CPU)
+        torch.manual_seed(1)
+        loss, _ = agent.loss(_batch((4, 10, 10), b=16))
+        grads.append(torch.autograd.grad(loss, list(agent.q.baseline.parameters())))
+    for with_reinforce, without in zip(*grads, strict=True):
+        torch.testing.assert_close(with_reinforce, without)

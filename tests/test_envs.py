@@ -171,3 +171,12 @@ def test_pomdp_wrappers_pass_gymnasiums_check_env(kwargs):
     with pytest.warns(UserWarning, match="different from the unwrapped"):  # check_env prefers raw envs
         check_env(env, skip_render_check=True)
     assert env.spec is not None and env.spec.additional_wrappers  # each wrapper is recorded in the spec
+
+
+def test_wrappers_record_the_arguments_they_were_given():
+    env = make_env("CartPole-v1", hide=[1], flicker=0.3, prev_action=True, prev_reward=False)
+    recorded = {w.name: w.kwargs for w in env.spec.additional_wrappers}
+    assert recorded["MaskObservation"] == {"hidden": (1,)}
+    assert recorded["FlickerObservation"] == {"p": 0.3}
+    assert recorded["PreviousActionReward"] == {"reward": False}
+    assert gym.make(env.spec).observation_space.shape == env.observation_space.shape

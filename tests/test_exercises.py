@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 from companion.attention import causal_mask
@@ -280,3 +281,25 @@ def test_chapter7_masked_td_loss_check(capsys):
     assert "per-window means" in capsys.readouterr().out
     assert not check_masked_td_loss(lambda q, y, mask: ((q - y) ** 2).mean())
     assert "padding counts" in capsys.readouterr().out
+
+
+def _onehot(scores, location):
+    return torch.nn.functional.one_hot(torch.tensor(location), len(scores)).double()
+
+
+@pytest.mark.parametrize(("check", "fn", "hint"), [
+    ("check_td_targets", lambda r, q, te, tr, g: r + g * q.max(1).values, "(1 - terminated) is missing"),
+    ("check_double_dqn_target", lambda r, on, ta, te, g: r + g * ta.gather(1, on.argmax(1, keepdim=True))[:, 0],
+     "(1 - terminated) is missing"),
+    ("check_reinforce_gradient", lambda s, loc, r, b: r * (_onehot(s, loc) - torch.softmax(s, 0)),
+     "baseline is missing"),
+    ("check_reinforce_gradient", lambda s, loc, r, b: (r + b) * (_onehot(s, loc) - torch.softmax(s, 0)),
+     "baseline is added"),
+    ("check_masked_td_loss", lambda q, y, m: (((q - y) ** 2) * m.double()).mean(), "still counted"),
+    ("check_masked_td_loss", lambda q, y, m: (((q - y) ** 2) * m.double()).sum(), "a sum, not a mean"),
+])
+def test_each_mistake_gets_its_hint(capsys, check, fn, hint):
+    from companion import exercises
+
+    assert not getattr(exercises, check)(fn)
+    assert hint in capsys.readouterr().out

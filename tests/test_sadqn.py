@@ -160,3 +160,21 @@ def test_sadqn_cli_smoke(tmp_path, capsys, algo, env_id, extra):
     assert code == 0 and "done: 1000 steps" in capsys.readouterr().out
     assert np.isfinite(RunDir(out).updates()["loss"]).all()
     assert algo in AGENTS
+
+
+def test_acts_on_the_last_position():
+    """The action is read at the newest observation's position, whatever the others say."""
+    agent = _agent(n_actions=3, seq_len=4)
+
+    class LastPositionSaysTwo(torch.nn.Module):
+        def forward(self, obs, need_weights=False):
+            q = torch.zeros(*obs.shape[:2], 3)
+            q[:, :-1, 0] = 1.0
+            q[:, -1, 2] = 1.0
+            return q, []
+
+    agent.q = LastPositionSaysTwo()
+    state, rng = None, np.random.default_rng(0)
+    for _ in range(6):
+        action, state = agent.act(np.zeros(2, np.float32), state, 0.0, rng)
+        assert action == 2

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from companion.agents import DARQN, DRQN, SADQN
+from companion.agents.base import QLearningConfig, SequenceTensors, sequence_td
 from companion.buffers import SequenceBatch, SequenceReplayBuffer
 
 CPU = torch.device("cpu")
@@ -143,3 +144,21 @@ def test_every_valid_window_start_is_sampled(n_added):
         starts.update(int(x) for x in buffer.sample(64).obs[:, 0, 0])
     oldest = max(0, n_added - 49)  # a full ring keeps capacity - 1 valid transitions
     assert starts == set(range(oldest, n_added - 4 + 1))
+
+
+def _one_step():
+    return SequenceTensors(torch.zeros(1, 2, 1), torch.zeros(1, 1, dtype=torch.long), torch.zeros(1, 1),
+                           torch.zeros(1, 1), torch.ones(1, 1))
+
+
+def test_sequence_td_without_double_dqn_uses_the_target_networks_max():
+    _, target, _ = sequence_td(torch.zeros(1, 1, 2), torch.tensor([[[5.0, 0.0]]]), torch.tensor([[[1.0, 3.0]]]),
+                               _one_step(), QLearningConfig(double_dqn=False, gamma=1.0))
+    assert target.item() == 3.0
+
+
+def test_sequence_td_target_carries_no_gradient():
+    next_q = torch.randn(1, 1, 2, requires_grad=True)
+    _, target, _ = sequence_td(torch.zeros(1, 1, 2, requires_grad=True), next_q, next_q, _one_step(),
+                               QLearningConfig())
+    assert not target.requires_grad  # sg[y]: only Q(o_t, a_t) is moved
