@@ -11,7 +11,7 @@
 # Measured on a 2-core CPU, two runs at a time: DARQN 7.5-11 min per run, DRQN ~3, DQN under 1; 107 min in all.
 # History: the first DARQN-hard runs let the TD loss reach the attention through the soft-mixed examples and
 # the baseline's fit reach the whole network, unlike the original code; they were withdrawn and made again
-# after commit 740d16e (hard_gradients=original, the default).
+# at commit ce3f26c (hard_gradients=original, the default; the query h_{t-1} detached as well).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
