@@ -16,13 +16,18 @@ why recurrent agents should see the previous action (:class:`~companion.envs.Pre
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from companion.agents import DRQN, SADQN
+from companion.agents.drqn import RecurrentQNetwork
+from companion.agents.sadqn import HistoryQNetwork
 from companion.envs import make_env
 
-__all__ = ["cartpole_windows", "fit_velocity_probe"]
+__all__ = ["cartpole_windows", "fit_velocity_probe", "probe_networks"]
 
 
 def cartpole_windows(n_steps: int, window: int = 17, seed: int = 0) -> tuple[Tensor, Tensor]:
@@ -51,6 +56,18 @@ def cartpole_windows(n_steps: int, window: int = 17, seed: int = 0) -> tuple[Ten
             actions_out.append(previous_arr[i:i + window])
     env.close()
     return torch.tensor(np.stack(states_out)), torch.tensor(np.stack(actions_out))
+
+
+def probe_networks(with_action: bool, window: int = 17, seed: int = 0) -> dict[str, nn.Module]:
+    """The two networks the chapter probes, with their CartPole presets and two outputs: SA-DQN's
+    transformer (positions for the whole window) and DRQN's LSTM, for inputs of 4 (or 6, with the previous
+    action) features."""
+    width = 6 if with_action else 4
+    sadqn = dataclasses.replace(SADQN.preset("gym"), seq_len=window)
+    drqn = DRQN.preset("gym")
+    torch.manual_seed(seed)
+    return {"SA-DQN transformer": HistoryQNetwork((width,), 2, sadqn),
+            "DRQN LSTM": RecurrentQNetwork((width,), 2, drqn.hidden, drqn.lstm_size)}
 
 
 def probe_inputs(states: Tensor, previous_actions: Tensor, with_action: bool) -> Tensor:

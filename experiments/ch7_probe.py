@@ -15,22 +15,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from companion.agents import DRQN, SADQN  # noqa: E402
-from companion.agents.drqn import RecurrentQNetwork  # noqa: E402
-from companion.agents.sadqn import HistoryQNetwork  # noqa: E402
 from companion.records import save_benchmark  # noqa: E402
-from companion.velocity_probe import cartpole_windows, fit_velocity_probe  # noqa: E402
+from companion.velocity_probe import cartpole_windows, fit_velocity_probe, probe_networks  # noqa: E402
 
 N_STEPS, WINDOW, PROBE_STEPS = 20_000, 17, 1_000
-
-
-def networks(obs_dim: int) -> dict[str, torch.nn.Module]:
-    torch.manual_seed(0)
-    sadqn = SADQN.preset("gym")
-    sadqn.seq_len = WINDOW  # positions for the whole window
-    drqn = DRQN.preset("gym")
-    return {"SA-DQN transformer": HistoryQNetwork((obs_dim,), 2, sadqn),
-            "DRQN LSTM": RecurrentQNetwork((obs_dim,), 2, drqn.hidden, drqn.lstm_size)}
 
 
 def main() -> None:
@@ -39,7 +27,7 @@ def main() -> None:
     states, previous = cartpole_windows(N_STEPS, WINDOW, seed=0)
     rows = []
     for with_action in (False, True):
-        for name, net in networks(6 if with_action else 4).items():
+        for name, net in probe_networks(with_action, WINDOW).items():
             r2 = fit_velocity_probe(net, states, previous, PROBE_STEPS, with_action=with_action)
             rows.append({"network": name, "previous_action": with_action, "r2_cart_velocity": round(float(r2[0]), 4),
                          "r2_pole_velocity": round(float(r2[1]), 4)})
