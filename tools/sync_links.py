@@ -5,7 +5,8 @@ Sources of truth:
 - the version: ``__version__`` in ``companion/__init__.py``.
 
 Copies that this script writes (``--check`` only reports them):
-- the first cell of every notebook, which installs the companion on Colab at tag ``v<version>``;
+- the first cell of every notebook, which on Colab clones the course at tag ``v<version>`` and installs
+  the companion from it;
 - ``[project.urls] Repository`` in ``pyproject.toml``;
 - the "Open in Colab" links in ``README.md``.
 """
@@ -38,14 +39,27 @@ def version() -> str:
 
 
 def install_cell_source(url: str | None = None, ver: str | None = None) -> str:
+    """The first cell of every notebook: on Colab, a shallow clone of the course at tag ``v<version>``
+    (the package, the stored results and the trained policies, as the book was built from them), the
+    package installed from it, and ``$COMPANION_RESULTS`` pointed at its ``results/``. Elsewhere it does
+    nothing. ``$COMPANION_REPOSITORY`` replaces the repository's address (the simulated-Colab test
+    points it at a local clone)."""
     url, ver = url or repo_url(), ver or version()
     return (
-        "# On Colab, install the companion package at the version this notebook was written for.\n"
-        "# Elsewhere, follow the README: `make setup` installs it into .venv.\n"
+        "# On Colab: bring the course at the version this notebook was written for (the companion\n"
+        "# package, the stored results and the trained policies). Elsewhere this cell does nothing:\n"
+        "# follow the README (`make setup` installs the package into .venv).\n"
+        "import os\n"
         "import sys\n"
         "\n"
         'if "google.colab" in sys.modules:\n'
-        f'    %pip install --quiet "attention-drl-companion @ git+{url}@v{ver}"'
+        '    course = os.path.abspath("attention-drl-course")\n'
+        "    if not os.path.isdir(course):\n"
+        "        repository = os.environ.get(\n"
+        f'            "COMPANION_REPOSITORY", "{url}")\n'
+        f"        !git clone --quiet --depth 1 --branch v{ver} {{repository}} {{course}}\n"
+        "        %pip install --quiet {course}\n"
+        '    os.environ["COMPANION_RESULTS"] = os.path.join(course, "results")'
     )
 
 
