@@ -70,3 +70,38 @@ def test_code_lines_fit_the_book_column(path):
         if len(line) > 79
     ]
     assert not long_lines, "\n".join(long_lines)
+
+
+#: Tags under which the book folds a cell's code (Jupyter Book: a toggle, the output still shown) or drops it.
+FOLDED_TAGS = {"hide-input", "hide-cell", "remove-input", "remove-cell"}
+#: A code cell that teaches (the code is the lesson: an algorithm written out, an exercise) may run longer.
+TEACHES_TAG = "teaches"
+MAX_VISIBLE_LINES = 15
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_plumbing_is_folded(path):
+    """A reader scrolls past no code cell longer than 15 lines unless it teaches: plot layout, table
+    formatting and loading stored runs live in ``companion.plots``/``companion.viz`` or are folded."""
+    nb = nbformat.read(path, as_version=4)
+    long_cells = []
+    for i, cell in enumerate(nb.cells):
+        tags = set(cell.metadata.get("tags", []))
+        if cell.cell_type != "code" or tags & FOLDED_TAGS or TEACHES_TAG in tags:
+            continue
+        lines = len(cell.source.strip().splitlines())
+        if lines > MAX_VISIBLE_LINES:
+            long_cells.append(f"cell {i}: {lines} lines, starting {cell.source.splitlines()[0]!r}")
+    assert not long_cells, (
+        f"{len(long_cells)} visible code cells over {MAX_VISIBLE_LINES} lines: move the plumbing into a "
+        f"companion helper, fold it ('hide-input'), or tag the cell '{TEACHES_TAG}' if the code is the lesson\n"
+        + "\n".join(long_cells))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_cells_that_teach_are_few(path):
+    """The 'teaches' tag is not a way around folding: at most a quarter of a chapter's code cells (or three) carry it."""
+    nb = nbformat.read(path, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    teaching = [c for c in code if TEACHES_TAG in c.metadata.get("tags", [])]
+    assert len(teaching) <= max(3, len(code) // 4), f"{len(teaching)} of {len(code)} code cells tagged '{TEACHES_TAG}'"
