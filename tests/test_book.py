@@ -26,12 +26,28 @@ def test_config_makes_errors_fatal_and_caches_execution():
     assert "-W -n --keep-going" in makefile
 
 
+def test_math_is_served_from_the_book_itself():
+    """No CDN: MathJax comes from a registry package and is copied into the book's static files."""
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    assert config["sphinx"]["local_extensions"]["offline_math"] == "book/_ext"
+    assert "mathjax_path" not in config["sphinx"].get("config", {})
+    sys.path.insert(0, str(ROOT / "book" / "_ext"))
+    try:
+        import offline_math
+    finally:
+        sys.path.remove(str(ROOT / "book" / "_ext"))
+    entry = offline_math.mathjax_static_dir() / offline_math.MATHJAX_ENTRY
+    assert entry.is_file() and entry.stat().st_size > 1_000_000  # the full build: every TeX extension inside
+    assert not offline_math.MATHJAX_ENTRY.startswith(("http:", "https:", "//"))
+
+
 def _scratch_book(tmp_path: Path, failing: bool) -> Path:
     book = tmp_path / ("bad" if failing else "good")
     (book / "book").mkdir(parents=True)
     (book / "notebooks").mkdir()
     shutil.copy(ROOT / "_config.yml", book / "_config.yml")  # the real configuration
     shutil.copy(ROOT / "book" / "references.bib", book / "book" / "references.bib")
+    shutil.copytree(ROOT / "book" / "_ext", book / "book" / "_ext")  # the book's local Sphinx extensions
     (book / "_toc.yml").write_text("format: jb-book\nroot: book/intro\nchapters:\n  - file: notebooks/page\n")
     (book / "book" / "intro.md").write_text("# Scratch\n\nA scratch book.\n")
     code = 'raise RuntimeError("deliberate failure")' if failing else "print(1 + 1)"
