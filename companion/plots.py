@@ -6,15 +6,17 @@ with 3 to 5 seeds it is wide, honestly so. Every figure states the environment s
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from companion.records import RunDir
 
 __all__ = ["Curve", "aggregate", "compare_tasks", "finished_runs", "group_runs", "load_curve", "plot_curves",
-           "summarize", "summary_table", "t_interval", "update_summary"]
+           "stored_record", "summarize", "summary_table", "t_interval", "update_summary"]
 
 # t(0.975, df) for df = 1..30; beyond, the normal 1.96 is within 2%.
 _T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
@@ -197,3 +199,27 @@ def update_summary(groups: dict[str, Sequence[str | Path]], key: str, last: int 
         if values:
             summary[label] = (*t_interval(np.array(values)), len(values))
     return summary
+
+
+# Stored records: chapters 3 to 7 print measurements that a script stored beside the runs. ---------------
+
+
+def stored_record(root: str | Path | None, name: str, folder: str = "benchmarks") -> dict[str, Any] | None:
+    """A measurement stored as JSON beside the runs: a benchmark or a probe.
+
+    Chapters 3 to 7 print what ``benchmarks/*.py`` and ``experiments/*.py`` stored as
+    ``results/<folder>/<name>.json`` (chapter 3: ``recurrent_ppo``, and ``critic_probe`` in ``ch3-probe``),
+    and say that nothing is stored where the results are not (on Colab without the clone).
+
+    Args:
+        root: The results folder, as :func:`companion.records.results_dir` finds it, or ``None``.
+        name: The record's file name without ``.json``, e.g. ``"recurrent_ppo"``.
+        folder: Its folder under ``root``, e.g. ``"benchmarks"`` or ``"ch3-probe"``.
+
+    Returns:
+        The record as a dict, or ``None`` when ``root`` is ``None`` or holds no such file.
+    """
+    if root is None:
+        return None
+    path = Path(root) / folder / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None

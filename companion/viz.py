@@ -13,10 +13,14 @@ Chapter 7: :func:`history_matrix` and :func:`plot_history_attention` (which past
 :func:`attention_by_lag` (how far back, on average), :func:`entity_heat` and :func:`entity_panel` (which
 cells of a frame attend to which). Chapter 5: :func:`hierarchical_reads` and :func:`plot_two_level` (which chunks a
 hierarchical memory picks, and where inside them it looks).
+
+Around them: :func:`image_row` draws observations side by side (chapters 0 and 2), and :func:`stored_agent`
+rebuilds a trained agent from the stored runs, with its environment, to record its attention (chapters 3, 7).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +30,7 @@ import torch.nn.functional as F
 
 __all__ = ["Episode", "attention_by_lag", "attention_gif", "attention_strip", "entity_heat", "entity_panel",
            "hierarchical_reads", "history_matrix", "location_heatmap", "overlay", "plot_history_attention",
-           "plot_two_level", "record_episode", "render_frame"]
+           "image_row", "plot_two_level", "record_episode", "render_frame", "stored_agent"]
 
 
 class Episode(dict):
@@ -327,3 +331,72 @@ def plot_two_level(chunks: np.ndarray, keys: np.ndarray, step: int, chunk_size: 
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+# Observations and stored agents (chapters 0, 2, 3 and 7) -------------------------------------------------
+
+
+def image_row(images: Sequence[np.ndarray], titles: Sequence[str], *, cmap: str | None = None,
+              vmin: float | None = None, vmax: float | None = None, width_ratios: Sequence[float] | None = None,
+              figsize: tuple[float, float] | None = None):
+    """Observations side by side, one panel each, without ticks: what an agent is given to see.
+
+    Chapter 0 draws a raw Atari frame beside the channels of a MinAtar grid; chapter 2 draws a raw frame, its
+    preprocessed version and the stack of four that DQN reads.
+
+    Args:
+        images: One image per panel: an RGB frame ``(H, W, 3)`` or one channel ``(H, W)``. Panels may differ
+            in size (a raw Atari frame is 210x160x3, a processed one 84x84).
+        titles: One title per panel.
+        cmap: The colour map of the one-channel images, e.g. ``"gray"``; RGB images ignore it.
+        vmin: The value drawn as the colour map's lowest colour (default: each image's minimum).
+        vmax: The value drawn as its highest (default: each image's maximum).
+        width_ratios: The panels' relative widths (default: equal), e.g. wider for a raw frame.
+        figsize: The figure's size in inches (default: 2.4 per unit of width by 3).
+
+    Returns:
+        The matplotlib figure.
+    """
+    import matplotlib.pyplot as plt
+
+    if len(images) != len(titles):
+        raise ValueError(f"{len(images)} images but {len(titles)} titles")
+    ratios = list(width_ratios) if width_ratios is not None else [1.0] * len(images)
+    if len(ratios) != len(images):
+        raise ValueError(f"{len(images)} images but {len(ratios)} width ratios")
+    fig, axes = plt.subplots(1, len(images), figsize=figsize or (2.4 * sum(ratios), 3.0), width_ratios=ratios,
+                             squeeze=False)
+    for ax, image, title in zip(axes[0], images, titles, strict=True):
+        ax.imshow(image, cmap=cmap, vmin=vmin, vmax=vmax)
+        ax.set_title(title)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    return fig
+
+
+def stored_agent(root: str | Path | None, pattern: str, device: str = "cpu") -> tuple[Any, Any] | None:
+    """A trained agent from the stored runs, with the environment it trained on, for drawing its attention.
+
+    Chapter 3 draws where the seed-0 attention critics look, chapter 7 where SA-DQN looks. The agent is
+    rebuilt by :func:`companion.train.load_agent` from the first finished run that kept its policy
+    (``policy.pt``), and the environment by :func:`companion.train.make_run_env`, as the run made it (frame
+    stack, hidden or flickering observations).
+
+    Args:
+        root: The results folder, as :func:`companion.records.results_dir` finds it, or ``None``.
+        pattern: A glob under ``root`` for run directories, e.g. ``"ch3-pomdp/ppo-attn/*/seed0"``.
+        device: Where the agent's networks go.
+
+    Returns:
+        ``(agent, env)``, or ``None`` when no finished run matching ``pattern`` kept its policy (no stored
+        results, e.g. on Colab).
+    """
+    from companion.plots import finished_runs
+    from companion.train import load_agent, make_run_env
+
+    runs = [run for run in finished_runs(root, pattern) if (run / "policy.pt").exists()]
+    if not runs:
+        return None
+    agent, run, config = load_agent(runs[0], device=device)
+    return agent, make_run_env(run, config)

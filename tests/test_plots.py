@@ -107,3 +107,15 @@ def test_random_policy_is_the_floor():
     env = make_env("CartPole-v1")
     returns = evaluate(RandomPolicy(env.action_space.n), env, 20, 1.0, seed=0)
     assert len(returns) == 20 and 10 < np.mean(returns) < 40  # CartPole's random policy lasts ~22 steps
+
+
+def test_stored_record_reads_the_json_or_says_none(tmp_path):
+    import json
+
+    from companion.plots import stored_record
+
+    (tmp_path / "ch3-probe").mkdir()
+    (tmp_path / "ch3-probe" / "critic_probe.json").write_text(json.dumps({"rows": [1, 2]}))
+    assert stored_record(tmp_path, "critic_probe", folder="ch3-probe") == {"rows": [1, 2]}
+    assert stored_record(tmp_path, "critic_probe") is None  # not under benchmarks/
+    assert stored_record(None, "critic_probe", folder="ch3-probe") is None

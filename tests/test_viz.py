@@ -180,3 +180,49 @@ def test_hierarchical_reads_match_acting_and_draw(tmp_path):
     flat = PPOMemory((6,), 2, PPOMemory.preset("gym"), torch.device("cpu"))
     with pytest.raises(ValueError, match="hierarchical"):
         hierarchical_reads(flat, episode.obs)
+
+
+# Observations and stored agents (chapters 0, 2, 3 and 7) -------------------------------------------------
+
+
+def test_image_row_draws_each_image_with_its_title_and_no_ticks():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from companion.viz import image_row
+
+    rgb = np.zeros((21, 16, 3), dtype=np.uint8)  # (H, W, 3)
+    grey = np.arange(100, dtype=float).reshape(10, 10)  # (H, W)
+    fig = image_row([rgb, grey, grey], ["frame", "a", "b"], cmap="gray", vmin=0, vmax=1, width_ratios=[2, 1, 1],
+                    figsize=(8, 3))
+    axes = fig.axes
+    assert [ax.get_title() for ax in axes] == ["frame", "a", "b"]
+    assert all(not ax.get_xticks().size and not ax.get_yticks().size for ax in axes)
+    assert axes[0].get_images()[0].get_array().shape == (21, 16, 3)
+    image = axes[1].get_images()[0]
+    assert image.get_cmap().name == "gray" and image.get_clim() == (0, 1)
+    assert list(axes[0].get_subplotspec().get_gridspec().get_width_ratios()) == [2, 1, 1]  # a wider raw frame
+    assert tuple(fig.get_size_inches()) == (8, 3)
+    assert image_row([grey], ["one"]).axes[0].get_images()[0].get_clim() == (0, 99)  # default: the image's range
+    with pytest.raises(ValueError, match="titles"):
+        image_row([grey, grey], ["one"])
+    with pytest.raises(ValueError, match="width ratios"):
+        image_row([grey], ["one"], width_ratios=[1, 2])
+
+
+def test_stored_agent_rebuilds_the_agent_and_its_env(tmp_path):
+    from companion.train import build_config, train
+    from companion.viz import stored_agent
+
+    run, config = build_config("dqn", "CartPole-v1", seed=3, budget="quick", total_steps=600, hide=(1, 3),
+                               overrides={"eval_every": 300, "learning_starts": 200})
+    trained = train(run, config, tmp_path / "ch" / "dqn" / "seed0", show_progress=False)
+    (tmp_path / "ch" / "dqn" / "seed0" / "checkpoint.pt").unlink(missing_ok=True)  # as in a fresh clone
+    agent, env = stored_agent(tmp_path, "ch/dqn/seed*")
+    assert env.observation_space.shape == (2,)  # the run's env: velocities hidden
+    obs = np.random.default_rng(0).normal(size=(5, 2)).astype(np.float32)
+    np.testing.assert_array_equal(agent.q_values(obs), trained.agent.q_values(obs))
+    assert stored_agent(tmp_path, "ch/drqn/seed*") is None
+    assert stored_agent(None, "ch/dqn/seed*") is None
+    (tmp_path / "ch" / "dqn" / "seed0" / "policy.pt").unlink()
+    assert stored_agent(tmp_path, "ch/dqn/seed*") is None  # a run that kept no policy is passed over
