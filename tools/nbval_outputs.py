@@ -7,6 +7,7 @@ change in a diff.
 
     python tools/nbval_outputs.py merge    # write notebooks/.nbval.<stem>.ipynb with expected outputs filled in
     python tools/nbval_outputs.py record   # execute the notebooks and store the outputs of checked cells
+    python tools/nbval_outputs.py figures  # execute the notebooks and store only how many figures each shows
 
 ``make test`` merges, then runs ``pytest --nbval-lax`` over the merged copies. They sit next to the
 originals so that a notebook runs from the same working directory as in the book.
@@ -26,6 +27,9 @@ NOTEBOOKS = ROOT / "notebooks"
 EXPECTED = ROOT / "tests" / "notebooks" / "expected"
 MARK = "# NBVAL_CHECK_OUTPUT"
 MERGED_PREFIX = ".nbval."
+#: How many figures each chapter shows when executed in the repository, as the book build does:
+#: the simulated-Colab run (tools/colab_sim.py) and the browser test over the built book compare with it.
+FIGURES = ROOT / "tests" / "notebooks" / "figures.json"
 
 
 def notebook_paths() -> list[Path]:
@@ -77,19 +81,45 @@ def merge() -> list[Path]:
     return merged
 
 
-def record(names: list[str], timeout: int = 600) -> None:
-    """Execute notebooks (all, or those named) and store the outputs of their checked cells."""
+def count_figures(nb: nbformat.NotebookNode) -> int:
+    """Images a notebook shows: one per display output that carries a PNG, JPEG or SVG."""
+    return sum(1 for cell in nb.cells if cell.cell_type == "code" for out in cell.get("outputs", [])
+               if any(kind in out.get("data", {}) for kind in ("image/png", "image/jpeg", "image/svg+xml")))
+
+
+def _store_figures(stem: str, count: int) -> None:
+    figures = json.loads(FIGURES.read_text()) if FIGURES.exists() else {}
+    figures[stem] = count
+    FIGURES.write_text(json.dumps(dict(sorted(figures.items())), indent=1) + "\n")
+
+
+def _execute(path: Path, timeout: int) -> nbformat.NotebookNode:
     from nbclient import NotebookClient
 
+    nb = nbformat.read(path, as_version=4)
+    # Run from notebooks/, as the book build does.
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                            resources={"metadata": {"path": str(NOTEBOOKS)}})
+    client.execute()
+    _store_figures(path.stem, count_figures(nb))
+    return nb
+
+
+def figures(names: list[str], timeout: int = 600) -> None:
+    """Execute notebooks (all, or those named) and store how many figures each shows."""
+    for path in notebook_paths():
+        if not names or path.stem in names or path.name in names:
+            _execute(path, timeout)
+            print(f"{path.name}: {json.loads(FIGURES.read_text())[path.stem]} figures")
+
+
+def record(names: list[str], timeout: int = 600) -> None:
+    """Execute notebooks (all, or those named), store the outputs of their checked cells and the figure count."""
     EXPECTED.mkdir(parents=True, exist_ok=True)
     for path in notebook_paths():
         if names and path.stem not in names and path.name not in names:
             continue
-        nb = nbformat.read(path, as_version=4)
-        # Run from notebooks/, as the book build does.
-        client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                                resources={"metadata": {"path": str(NOTEBOOKS)}})
-        client.execute()
+        nb = _execute(path, timeout)
         expected = {cell.id: _clean(cell.outputs) for cell in checked_cells(nb)}
         target = EXPECTED / f"{path.stem}.json"
         if expected:
@@ -103,12 +133,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("merge")
-    rec = sub.add_parser("record")
-    rec.add_argument("notebooks", nargs="*", help="notebook stems or names (default: all)")
+    for name in ("record", "figures"):
+        sub.add_parser(name).add_argument("notebooks", nargs="*", help="notebook stems or names (default: all)")
     args = parser.parse_args()
     if args.command == "merge":
         for path in merge():
             print(path.relative_to(ROOT))
+    elif args.command == "figures":
+        figures(args.notebooks)
     else:
         record(args.notebooks)
 
