@@ -76,3 +76,31 @@ def test_make_book_fails_on_a_failing_cell_and_passes_without_it(tmp_path):
     bad = _make_book(_scratch_book(tmp_path, failing=True))
     assert bad.returncode != 0, "a notebook with a failing cell was built without error"
     assert "deliberate failure" in bad.stdout + bad.stderr
+
+
+def test_workflows_run_ci_on_pull_requests_and_publish_tagged_releases():
+    workflows = ROOT / ".github" / "workflows"
+    ci = yaml.safe_load((workflows / "ci.yml").read_text())
+    assert "pull_request" in ci[True]  # YAML reads the key `on` as True
+    assert any("bash .ci/run" in step.get("run", "") for step in ci["jobs"]["ci"]["steps"])
+    publish = yaml.safe_load((workflows / "publish.yml").read_text())
+    assert publish[True]["push"]["tags"] == ["v*"]
+    steps = publish["jobs"]["build"]["steps"]
+    runs = "\n".join(step.get("run", "") for step in steps)
+    assert "companion/__init__.py" in runs and 'test "${GITHUB_REF_NAME}" = "v${version}"' in runs
+    assert "sync_links.py --check" in runs and "make book" in runs
+    assert any(step.get("with", {}).get("path") == "_build/html" for step in steps)
+    assert "actions/deploy-pages" in str(publish["jobs"]["deploy"])
+
+
+def test_the_tag_check_rejects_a_tag_that_is_not_the_version(tmp_path):
+    """The publish workflow's tag step, run as the runner would, on a matching and on a stale tag."""
+    publish = yaml.safe_load((ROOT / ".github" / "workflows" / "publish.yml").read_text())
+    step = next(s for s in publish["jobs"]["build"]["steps"] if "GITHUB_REF_NAME" in s.get("run", ""))
+    sys.path.insert(0, str(ROOT / "tools"))
+    from sync_links import version
+
+    for tag, ok in ((f"v{version()}", True), ("v0.0.0-stale", False)):
+        env = {**os.environ, "GITHUB_REF_NAME": tag}
+        result = subprocess.run(["bash", "-e", "-c", step["run"]], cwd=ROOT, env=env, capture_output=True, text=True)
+        assert (result.returncode == 0) == ok, (tag, result.stdout, result.stderr)

@@ -9,8 +9,8 @@ downloaded copy would (``file://``, no server, no network), and checks what only
 - Every internal link resolves to a page that exists, and its ``#anchor`` to an element of that page.
 - Notebook pages carry the launch (Colab) and download buttons.
 
-Run it after building the book: ``make test-browser`` (the quick build that CI makes, or
-``COMPANION_BOOK_HTML=_build/html`` for the book budget). Chromium and ChromeDriver come from the OS
+Run it after building the book: ``make test-browser`` (the build CI makes, ``make book-executed``;
+``make test-browser BOOK_HTML=_build/html`` for ``make book``). Chromium and ChromeDriver come from the OS
 packages (Debian: ``chromium``, ``chromium-driver``; ``make browser-setup`` installs them where it can);
 without them, or without a built book, the test is skipped with the reason, unless
 ``COMPANION_REQUIRE_BROWSER=1`` (CI) makes that a failure.
@@ -30,7 +30,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = ROOT / "tests" / "notebooks" / "figures.json"
-CANDIDATES = [ROOT / "_build" / "budget-quick" / "_build" / "html", ROOT / "_build" / "html"]
 CHROMIUM_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
                   "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--allow-file-access-from-files", "--window-size=1280,900"]
@@ -47,16 +46,14 @@ def _skip_or_fail(reason: str) -> None:
 
 
 def book_html() -> Path:
-    if os.environ.get("COMPANION_BOOK_HTML"):
-        path = Path(os.environ["COMPANION_BOOK_HTML"]).resolve()
-        if not (path / "index.html").exists():
-            _skip_or_fail(f"COMPANION_BOOK_HTML={path} holds no built book")
-        return path
-    for path in CANDIDATES:
-        if (path / "index.html").exists():
-            return path
-    _skip_or_fail("no built book: run `COMPANION_BUDGET=quick make book` (or `make book`) first")
-    raise AssertionError  # unreachable
+    """The built book to open: ``$COMPANION_BOOK_HTML`` (``make test-browser`` sets it). Without it the test
+    is skipped, so that ``make test`` never checks a stale build left from earlier."""
+    if not os.environ.get("COMPANION_BOOK_HTML"):
+        _skip_or_fail("no built book named: build one, then `make test-browser` (BOOK_HTML=... for another build)")
+    path = Path(os.environ["COMPANION_BOOK_HTML"]).resolve()
+    if not (path / "index.html").exists():
+        _skip_or_fail(f"COMPANION_BOOK_HTML={path} holds no built book")
+    return path
 
 
 def pages(html: Path) -> list[Path]:
@@ -90,7 +87,7 @@ def browser():
         from selenium.webdriver.chrome.service import Service
     except ImportError:
         _skip_or_fail("selenium is not installed (`make setup` installs the test extra)")
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     driver_path = shutil.which("chromedriver")
     if not chromium or not driver_path:
         _skip_or_fail("no Chromium and ChromeDriver here: install the OS packages (Debian: "
@@ -178,7 +175,8 @@ def test_every_page_renders_offline_with_its_figures_links_and_buttons(browser):
             checked_links += 1
             target = Path(unquote(url.path))
             if not target.exists():
-                problems.append(f"{name}: broken link to {target.relative_to(html) if html in target.parents else target}")
+                shown = target.relative_to(html) if html in target.parents else target
+                problems.append(f"{name}: broken link to {shown}")
             elif url.fragment and target.suffix == ".html" and unquote(url.fragment) not in anchors(target, cache):
                 problems.append(f"{name}: link to a missing anchor {target.relative_to(html)}#{url.fragment}")
         if name.startswith("notebooks/"):
