@@ -2,6 +2,10 @@
 
 The interval is Student's t interval of the mean over seeds, ``mean ± t(0.975, n-1) · sd / sqrt(n)``:
 with 3 to 5 seeds it is wide, honestly so. Every figure states the environment steps it covers.
+
+Results of stored runs that several chapters lay out alike: :func:`summary_tables` (each task's table after
+the random policy's return; chapters 6 and 7), and chapter 4's delay sweep, which chapter 5 extends:
+:func:`plot_delay_sweep`, :func:`delay_sweep_table` and :func:`first_solved`.
 """
 
 from __future__ import annotations
@@ -15,8 +19,9 @@ import numpy as np
 
 from companion.records import RunDir
 
-__all__ = ["Curve", "aggregate", "compare_tasks", "finished_runs", "group_runs", "load_curve", "plot_curves",
-           "stored_record", "summarize", "summary_table", "t_interval", "update_summary"]
+__all__ = ["Curve", "aggregate", "compare_tasks", "delay_sweep_table", "finished_runs", "first_solved", "group_runs",
+           "load_curve", "plot_curves", "plot_delay_sweep", "stored_record", "summarize", "summary_table",
+           "summary_tables", "t_interval", "update_summary"]
 
 # t(0.975, df) for df = 1..30; beyond, the normal 1.96 is within 2%.
 _T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
@@ -223,3 +228,140 @@ def stored_record(root: str | Path | None, name: str, folder: str = "benchmarks"
         return None
     path = Path(root) / folder / f"{name}.json"
     return json.loads(path.read_text()) if path.exists() else None
+
+
+# Results tables and the delay sweep (chapters 4 to 7) ---------------------------------------------------
+
+
+def summary_tables(tasks: dict[str, tuple[dict[str, Sequence[str | Path]], str, dict[str, Any]]],
+                   episodes: int = 100) -> str:
+    """One :func:`summary_table` per task, each after the random policy's mean return on that task.
+
+    Chapter 6 compares DQN, DRQN and DARQN on three MinAtar tasks this way, and chapter 7 adds SA-DQN to the
+    tasks of chapters 2 and 6: the random policy's return is the floor that each table is read against.
+
+    Args:
+        tasks: ``{title: (groups, env_id, env_kwargs)}``. ``groups`` maps each agent's label to its run
+            directories, as :func:`summary_table` takes them (agents without runs are left out);
+            the random policy plays ``make_env(env_id, **env_kwargs)``, e.g. ``env_kwargs={"flicker": 0.5}``.
+        episodes: How many episodes the random policy plays on each task (from seed 0), by
+            :func:`companion.train.random_return`.
+
+    Returns:
+        For each task, the line ``"<title>: random policy <mean return> (<episodes> episodes)"`` and then its
+        table; each task's block ends with a blank line when printed.
+    """
+    from companion.train import random_return
+
+    blocks = []
+    for title, (groups, env_id, env_kwargs) in tasks.items():
+        floor = random_return(env_id, episodes=episodes, **env_kwargs)
+        present = {label: dirs for label, dirs in groups.items() if dirs}
+        blocks.append(f"{title}: random policy {floor:.2f} ({episodes} episodes)\n{summary_table(present)}\n")
+    return "\n".join(blocks)
+
+
+def first_solved(run_dir: str | Path, level: float = 0.95) -> int | None:
+    """How many episodes a run of chapter 4's ``CueRecall`` task had trained when it first succeeded.
+
+    A decision pays +1 or -1, so an evaluation's success rate is ``(mean return + 1) / 2``. The step of the
+    first evaluation whose success rate is at least ``level`` becomes episodes at the run's average episode
+    length (``episodes / steps`` of its ``meta.json``). Chapters 4 and 5 count how long each memory took.
+
+    Args:
+        run_dir: A finished run directory (:class:`companion.records.RunDir`).
+        level: The success rate that counts as solved.
+
+    Returns:
+        The number of episodes, rounded, or ``None`` if no evaluation reached ``level``.
+    """
+    run = RunDir(run_dir)
+    evals, meta = run.evals(), run.meta()
+    per_step = meta["episodes"] / meta["steps"]
+    hits = [s for s, r in zip(evals["step"], evals["mean_return"], strict=True) if (r + 1) / 2 >= level]
+    return round(hits[0] * per_step) if hits else None
+
+
+def _sweep_delays(rates: dict[str, dict[int, Sequence[float]]]) -> list[int]:
+    return sorted({delay for by_delay in rates.values() for delay in by_delay})
+
+
+def plot_delay_sweep(rates: dict[str, dict[int, Sequence[float]]], ax=None, *, spread: float = 0.05,
+                     dashed: Sequence[str] = (), chance_label: str = "chance"):
+    """Success rate against the delay, one line per agent: the mean over seeds, its 95% interval, each seed.
+
+    Chapter 4 sweeps the delay :math:`D` of its ``CueRecall`` task (a cue, :math:`D` corridor steps that look
+    alike, then a decision) over agents with and without memory; chapter 5 adds the hierarchical memory.
+    A success rate of 0.5 is chance (the dotted line). The delays are drawn on a log scale.
+
+    Args:
+        rates: ``{agent label: {delay: success rates}}``, one success rate in [0, 1] per seed (the chapters
+            take the last evaluation's ``(return + 1) / 2``). A delay with no rates is skipped; the legend
+            gives the number of seeds at the agent's first delay.
+        ax: The matplotlib axes to draw on (default: a new figure's).
+        spread: How far apart the agents' markers sit at one delay: agent ``i`` of ``n`` is drawn at
+            ``D * (1 + spread * (i - (n - 1) / 2))``, so that the markers do not hide each other.
+        dashed: The labels of the agents drawn with dashed lines (chapter 4: the off-policy agents).
+        chance_label: The legend's name for the line at 0.5.
+
+    Returns:
+        The axes.
+    """
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(9.5, 4.5))
+    delays = _sweep_delays(rates)
+    middle = (len(rates) - 1) / 2
+    for i, (label, by_delay) in enumerate(rates.items()):
+        points = [(delay, list(values)) for delay, values in by_delay.items() if len(values)]
+        if not points:
+            continue
+        x = np.array([delay for delay, _ in points], float) * (1 + spread * (i - middle))
+        mean, low, high = (np.array(v) for v in zip(*[t_interval(np.array(values)) for _, values in points],
+                                                    strict=True))
+        ax.errorbar(x, mean, yerr=[mean - low, high - mean], fmt="o" + ("--" if label in dashed else "-"),
+                    capsize=3, color=f"C{i}", label=f"{label} ({len(points[0][1])} seeds)")
+        for xi, (_, values) in zip(x, points, strict=True):
+            ax.plot([xi] * len(values), values, ".", color=f"C{i}", alpha=0.4)
+    ax.axhline(0.5, color="grey", lw=1, ls=":", label=chance_label)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(delays, [str(delay) for delay in delays])
+    ax.set_xlabel("delay D (the cue is D + 1 steps before the decision)")
+    ax.set_ylabel("success rate, last evaluation")
+    ax.set_ylim(0.0, 1.05)
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return ax
+
+
+def delay_sweep_table(rates: dict[str, dict[int, Sequence[float]]], width: int | None = None,
+                      level: float = 0.95) -> str:
+    """The delay sweep of :func:`plot_delay_sweep` as a plain-text table, one row per agent.
+
+    Each cell reads ``mean [low, high] k/n``: the mean success rate over seeds with its 95% t-interval, and
+    how many of the ``n`` seeds ended at ``level`` or more (chapters 4 and 5); ``-`` where an agent has no
+    run at that delay.
+
+    Args:
+        rates: ``{agent label: {delay: success rates}}``, one success rate per seed, as for
+            :func:`plot_delay_sweep`.
+        width: The width of the label column (default: the longest label plus one).
+        level: The success rate at which a seed counts as having solved the task.
+
+    Returns:
+        The table: a header line, then one line per agent.
+    """
+    delays = _sweep_delays(rates)
+    width = width if width is not None else max(len(label) for label in rates) + 1
+    lines = [f"{'agent':{width}s}" + "".join(f"{'D = ' + str(delay):>24s}" for delay in delays)]
+    for label, by_delay in rates.items():
+        cells = []
+        for delay in delays:
+            values = np.array(by_delay.get(delay, ()), dtype=float)
+            if len(values):
+                mean, low, high = t_interval(values)
+                cells.append(f"{mean:.2f} [{low:5.2f}, {high:.2f}] {int((values >= level).sum())}/{len(values)}")
+            else:
+                cells.append("-")
+        lines.append(f"{label:{width}s}" + "".join(f"{cell:>24s}" for cell in cells))
+    return "\n".join(lines)

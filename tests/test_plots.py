@@ -119,3 +119,69 @@ def test_stored_record_reads_the_json_or_says_none(tmp_path):
     assert stored_record(tmp_path, "critic_probe", folder="ch3-probe") == {"rows": [1, 2]}
     assert stored_record(tmp_path, "critic_probe") is None  # not under benchmarks/
     assert stored_record(None, "critic_probe", folder="ch3-probe") is None
+
+
+# Results tables and the delay sweep (chapters 4 to 7) ---------------------------------------------------
+
+
+def test_summary_tables_put_the_random_floor_above_each_table(tmp_path):
+    from companion.plots import summary_table, summary_tables
+    from companion.train import random_return
+
+    dirs = [_fake_run(tmp_path / f"seed{s}", "dqn", s, [(10, s), (20, 2 * s)]) for s in range(2)]
+    tasks = {"CartPole": ({"DQN": dirs, "nobody": []}, "CartPole-v1", {}),
+             "CartPole, velocities hidden": ({"DQN": dirs[:1]}, "CartPole-v1", {"hide": (1, 3)})}
+    text = summary_tables(tasks, episodes=5)
+    first, second = text.split("\n\n")
+    floor = random_return("CartPole-v1", episodes=5)
+    assert first == f"CartPole: random policy {floor:.2f} (5 episodes)\n" + summary_table({"DQN": dirs})
+    assert "nobody" not in first  # an agent without runs is left out
+    hidden = random_return("CartPole-v1", episodes=5, hide=(1, 3))
+    assert second.startswith(f"CartPole, velocities hidden: random policy {hidden:.2f} (5 episodes)\n")
+    assert text.endswith("\n") and not text.endswith("\n\n")  # print() adds the last blank line
+
+
+def test_first_solved_counts_episodes_to_the_first_success(tmp_path):
+    from companion.plots import first_solved
+
+    path = _fake_run(tmp_path / "run", "ppo-memory", 0, [(100, -1.0), (200, 0.92), (300, 1.0)])
+    run = RunDir(path)
+    run.write_meta({**run.meta(), "episodes": 30, "steps": 300})  # 10 steps an episode
+    assert first_solved(path) == 20  # success (0.92 + 1) / 2 = 0.96 at step 200
+    assert first_solved(path, level=0.99) == 30
+    assert first_solved(path, level=1.01) is None
+
+
+def _sweep_rates():
+    return {"memory": {4: [1.0, 1.0, 0.9], 16: [1.0, 0.6, 0.5]},
+            "window": {4: [1.0, 1.0, 1.0], 16: []},
+            "none": {4: [], 16: []}}
+
+
+def test_plot_delay_sweep_draws_each_agent_and_chance():
+    from companion.plots import plot_delay_sweep
+
+    ax = plot_delay_sweep(_sweep_rates(), spread=0.1, dashed=["window"], chance_label="chance (no memory)")
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["chance (no memory)", "memory (3 seeds)", "window (3 seeds)"]  # "none" has no runs
+    memory, window = ax.containers  # one errorbar each
+    assert memory.lines[0].get_linestyle() == "-" and window.lines[0].get_linestyle() == "--"
+    np.testing.assert_allclose(memory.lines[0].get_xdata(), [4 * 0.9, 16 * 0.9])  # agent 0 of 3: 1 - 0.1
+    np.testing.assert_allclose(window.lines[0].get_xdata(), [4.0])  # the middle agent; no run at 16
+    np.testing.assert_allclose(memory.lines[0].get_ydata(), [2.9 / 3, 2.1 / 3])
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["4", "16"]
+    assert ax.get_xscale() == "log" and ax.get_ylim() == (0.0, 1.05)
+
+
+def test_delay_sweep_table_formats_each_cell():
+    from companion.plots import delay_sweep_table
+
+    lines = delay_sweep_table(_sweep_rates()).splitlines()
+    assert lines[0] == "agent  " + f"{'D = 4':>24s}{'D = 16':>24s}"  # label column: "memory" + 1
+    cells = []
+    for values, solved in (([1.0, 1.0, 0.9], 2), ([1.0, 0.6, 0.5], 1)):  # seeds at 0.95 or more
+        mean, low, high = t_interval(np.array(values))
+        cells.append(f"{mean:.2f} [{low:5.2f}, {high:.2f}] {solved}/3")
+    assert lines[1] == "memory " + "".join(f"{cell:>24s}" for cell in cells)
+    assert lines[2].endswith(f"{'-':>24s}") and lines[3].split() == ["none", "-", "-"]
+    assert delay_sweep_table(_sweep_rates(), width=10).splitlines()[1].startswith("memory    " + " ")
