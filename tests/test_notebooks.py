@@ -100,7 +100,8 @@ def test_plumbing_is_folded(path):
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_cells_that_teach_are_few(path):
-    """The 'teaches' tag is not a way around folding: at most a quarter of a chapter's code cells (or three) carry it."""
+    """The 'teaches' tag is not a way around folding: at most a quarter of a chapter's code cells (or three)
+    carry it."""
     nb = nbformat.read(path, as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
     teaching = [c for c in code if TEACHES_TAG in c.metadata.get("tags", [])]
