@@ -43,7 +43,7 @@ def test_notebook_starts_with_the_colab_install_cell(path):
     assert first.cell_type == "code"
     assert first.metadata.get("tags") == INSTALL_CELL_TAGS
     assert first.source == install_cell_source()
-    assert "--branch v" in first.source and "https://" in first.source  # pinned to a release tag
+    assert '"--branch", "v' in first.source and "https://" in first.source  # pinned to a release tag
 
 
 def test_toc_and_notebooks_agree():

@@ -50,6 +50,7 @@ def install_cell_source(url: str | None = None, ver: str | None = None) -> str:
         "# package, the stored results and the trained policies). Elsewhere this cell does nothing:\n"
         "# follow the README (`make setup` installs the package into .venv).\n"
         "import os\n"
+        "import subprocess\n"
         "import sys\n"
         "\n"
         'if "google.colab" in sys.modules:\n'
@@ -57,7 +58,9 @@ def install_cell_source(url: str | None = None, ver: str | None = None) -> str:
         "    if not os.path.isdir(course):\n"
         "        repository = os.environ.get(\n"
         f'            "COMPANION_REPOSITORY", "{url}")\n'
-        f"        !git clone --quiet --depth 1 --branch v{ver} {{repository}} {{course}}\n"
+        '        subprocess.run(["git", "-c", "advice.detachedHead=false", "clone",\n'
+        f'                        "--quiet", "--depth", "1", "--branch", "v{ver}",\n'
+        "                        repository, course], check=True)\n"
         "        %pip install --quiet {course}\n"
         '    os.environ["COMPANION_RESULTS"] = os.path.join(course, "results")'
     )
