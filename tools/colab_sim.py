@@ -36,6 +36,8 @@ import sys
 import time
 from pathlib import Path
 
+from nbval_outputs import count_figures
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "_build" / "colab-sim"
 #: The torch build installed first in the fresh environment (as the Makefile does).
@@ -97,17 +99,6 @@ def fake_colab_module(out: Path) -> Path:
     (folder / "google" / "colab").mkdir(parents=True, exist_ok=True)
     (folder / "google" / "colab" / "__init__.py").write_text('"""A stand-in: only its presence matters."""\n')
     return folder
-
-
-def count_figures(nb: dict) -> int:
-    """Images a notebook shows: one per display output that carries a PNG, JPEG or SVG."""
-    return sum(
-        1
-        for cell in nb["cells"]
-        if cell["cell_type"] == "code"
-        for output in cell.get("outputs", [])
-        if any(kind in output.get("data", {}) for kind in ("image/png", "image/jpeg", "image/svg+xml"))
-    )
 
 
 def output_text(nb: dict) -> str:

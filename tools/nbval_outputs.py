@@ -81,10 +81,14 @@ def merge() -> list[Path]:
     return merged
 
 
-def count_figures(nb: nbformat.NotebookNode) -> int:
-    """Images a notebook shows: one per display output that carries a PNG, JPEG or SVG."""
-    return sum(1 for cell in nb.cells if cell.cell_type == "code" for out in cell.get("outputs", [])
-               if any(kind in out.get("data", {}) for kind in ("image/png", "image/jpeg", "image/svg+xml")))
+#: Output types that show as an image on the page (chapter 6's attention animation is a GIF).
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/svg+xml")
+
+
+def count_figures(nb: dict) -> int:
+    """Images a notebook shows: one per display output that carries an image (works on plain JSON too)."""
+    return sum(1 for cell in nb["cells"] if cell["cell_type"] == "code" for out in cell.get("outputs", [])
+               if any(kind in out.get("data", {}) for kind in IMAGE_TYPES))
 
 
 def _store_figures(stem: str, count: int) -> None:
