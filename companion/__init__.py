@@ -11,6 +11,7 @@ The modules are meant to be read next to the chapters that introduce them:
 
 from __future__ import annotations
 
+#: the release; ``pyproject.toml`` reads it from here
 __version__ = "0.1.0"
 
 from companion.budget import BUDGETS, BudgetError, by_budget, get_budget

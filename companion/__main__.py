@@ -21,7 +21,8 @@ from pathlib import Path
 
 from companion.budget import BUDGETS, BudgetError
 
-#: the --algo help (companion.agents.AGENTS is not imported here: it loads torch, and --help should be quick)
+#: the ``--algo`` help (:data:`companion.agents.AGENTS` is not imported here: it loads torch, and ``--help``
+#: should be quick)
 ALGO_HELP = ("off-policy (replay): dqn, drqn, darqn, sadqn, sadqn-entity, nec; "
              "on-policy (rollouts): ppo, a2c, ppo-lstm, ppo-attn, ppo-memory, ppo-hmemory")
 

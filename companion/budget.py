@@ -17,8 +17,11 @@ from __future__ import annotations
 import os
 from typing import Final, TypeVar
 
+#: the environment variable that names the budget
 ENV_VAR: Final = "COMPANION_BUDGET"
+#: the budgets, from the least compute to the most
 BUDGETS: Final = ("quick", "book", "full")
+#: the budget when ``$COMPANION_BUDGET`` is unset or empty
 DEFAULT_BUDGET: Final = "book"
 
 T = TypeVar("T")

@@ -273,7 +273,7 @@ class SumTree(_SegmentTree):
 
     Leaf ``j`` owns the interval ``[prefix(j), prefix(j) + p_j)`` of ``[0, total)``, where ``prefix(j)`` is
     the sum of the leaves before it; a leaf of value 0 owns nothing and is never found. Any capacity works
-    (see :class:`_SegmentTree` for the layout, the batch updates and why the sums do not drift).
+    (see ``_SegmentTree`` in the source for the layout, the batch updates and why the sums do not drift).
 
     >>> tree = SumTree(5)
     >>> tree.update(np.arange(5), [1.0, 0.0, 2.0, 0.0, 1.0])

@@ -12,11 +12,13 @@ privileged state: they bias the policy gradient, while critics of the history, `
 own data. Here one fixed behaviour policy makes one data set, and critics that differ only in what they read
 are fitted by regression to the same discounted returns-to-go and scored on the same held-out episodes:
 
-- ``"current"``: ``V(o_t)``, PPO's feed-forward critic (:class:`FeedForwardActorCritic`, the ``ppo`` preset);
+- ``"current"``: ``V(o_t)``, PPO's feed-forward critic
+  (:class:`~companion.agents.actor_critic.FeedForwardActorCritic`, the ``ppo`` preset);
 - ``"stack4"``: ``V(o_{t-3}, ..., o_t)``, the same network on the last 4 observations (``frame_stack=4``);
-- ``"lstm"``: ``V(h_t)`` through an LSTM (:class:`RecurrentActorCritic`, the ``ppo-lstm`` preset);
-- ``"attention"``: ``V(h_t)`` through attention over the last 16 steps (:class:`AttentionActorCritic`,
-  the ``ppo-attn`` preset);
+- ``"lstm"``: ``V(h_t)`` through an LSTM (:class:`~companion.agents.actor_critic.RecurrentActorCritic`, the
+  ``ppo-lstm`` preset);
+- ``"attention"``: ``V(h_t)`` through attention over the last 16 steps
+  (:class:`~companion.agents.actor_critic.AttentionActorCritic`, the ``ppo-attn`` preset);
 - and, for reference, ``"state"``: ``V(s_t)`` on the env's true state, the same network as ``"current"``.
 
 **The task.** CartPole with both velocities hidden (``hide=(1, 3)``: the agent sees the cart position and the
@@ -106,16 +108,16 @@ def cartpole_heuristic(epsilon: float = 0.5, *, gain: float = 0.5) -> Policy:
     the steps :func:`return_targets` keeps), vary widely. Measured with :func:`collect` over 300 episodes (seed 0;
     50 at ``epsilon = 0``):
 
-    ========  ===========  ===  ======================================  =========================  ==========
+    ========  ===========  ===  =======================================  =========================  ==========
     epsilon   mean length  std  5 / 25 / 50 / 75 / 95th percentiles      ends by angle / x / limit  std of G_t
-    ========  ===========  ===  ======================================  =========================  ==========
+    ========  ===========  ===  =======================================  =========================  ==========
     0         500          0    500 / 500 / 500 / 500 / 500              0 / 0 / 50                 0.2
     0.3       332          125  140 / 229 / 321 / 454 / 500              36 / 201 / 63              11.0
-    0.4       226          123  41 / 141 / 208 / 296 / 498              113 / 172 / 15             12.7
+    0.4       226          123  41 / 141 / 208 / 296 / 498               113 / 172 / 15             12.7
     **0.5**   143          98   22 / 67 / 127 / 197 / 329                201 / 97 / 2               13.9
     0.6       85           56   19 / 38 / 71 / 118 / 193                 269 / 31 / 0               14.0
     1         22           10   11 / 14 / 20 / 27 / 44                   300 / 0 / 0                7.3
-    ========  ===========  ===  ======================================  =========================  ==========
+    ========  ===========  ===  =======================================  =========================  ==========
 
     At 0.5 two thirds of the episodes end with the pole down (the angle is visible, where it is going is not),
     a third with the cart off the track (its position is visible), and almost none at the time limit; lower
@@ -388,7 +390,7 @@ def fit_probe(kind: str, train_episodes: Sequence[Episode], test_episodes: Seque
 
     The network (:func:`make_value_net`) reads whole episodes through ``net.sequence`` from
     ``net.initial_state(B)``, with ``starts`` True at step 0 only. A minibatch is ``batch_episodes`` episodes
-    of similar length (:func:`_length_batches`: every training episode once per epoch), padded to the longest
+    of similar length (``_length_batches``: every training episode once per epoch), padded to the longest
     (:func:`pad_episodes`); the loss is the squared error of ``values`` against the targets over the kept steps
     (:func:`masked_mse`), so padding and the cut steps of truncated episodes count for nothing. It is divided by
     the *average* number of kept steps per batch, not by the batch's own: a batch of short episodes weighs less,

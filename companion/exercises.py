@@ -250,7 +250,7 @@ def _sum_tree(leaves: np.ndarray) -> np.ndarray:
 
 
 def check_sum_tree_find(fn: Callable[[np.ndarray, float], object]) -> bool:
-    """Check ``fn(tree, u) -> leaf index``: descend a sum tree (layout of :func:`_sum_tree`) to the leaf ``i`` whose
+    """Check ``fn(tree, u) -> leaf index``: descend a sum tree (layout of ``_sum_tree``) to the leaf ``i`` whose
     interval ``[c_{i-1}, c_i)`` of the cumulative priorities holds ``u``, for ``0 <= u < tree[1]``."""
     rng = np.random.default_rng(0)
     cases = []

@@ -36,9 +36,12 @@ import torch
 __all__ = ["METRICS_FIELDS", "EVAL_FIELDS", "UPDATE_LOG_EVERY", "RunDir", "provenance", "read_csv", "results_dir",
            "save_benchmark"]
 
+#: the columns of ``metrics.csv``, one row per training episode
 METRICS_FIELDS = ("episode", "step", "return", "length")
+#: the columns of ``eval.csv``, one row per evaluation
 EVAL_FIELDS = ("step", "mean_return", "std_return", "episodes")
-UPDATE_LOG_EVERY = 1_000  # env steps per row of updates.csv
+#: env steps per row of ``updates.csv``
+UPDATE_LOG_EVERY = 1_000
 
 
 def _git(*args: str) -> str | None:

@@ -310,7 +310,8 @@ class QAgent(Agent):
         self.q = network.to(device)
         self.target = copy.deepcopy(self.q).requires_grad_(False)
         self.optimizer = make_optimizer(self.q.parameters(), config)
-        self.beta = config.priority_beta  # prioritized replay's IS exponent now (set_step anneals it)
+        #: prioritized replay's importance-sampling exponent now (:meth:`set_step` anneals it)
+        self.beta = config.priority_beta
 
     @classmethod
     def fit_to_steps(cls, config: QLearningConfig, total_steps: int) -> None:
