@@ -80,7 +80,7 @@ browser-setup:
 	else echo "browser: no Chromium here and no way to install it; tests/test_browser.py will be skipped"; fi
 
 lint: $(STAMP)
-	$(BIN)/ruff check companion tests tools
+	$(BIN)/ruff check companion tests tools book/_ext
 
 # Rewrite the repository URL and version (from _config.yml and companion/__init__.py) wherever they are copied.
 sync-links: $(STAMP)
