@@ -72,7 +72,8 @@ def build_environment(out: Path) -> Path:
     """A fresh virtual environment holding the wheel, torch and a kernel; return its python."""
     wheels = out / "wheel"
     shutil.rmtree(wheels, ignore_errors=True)
-    _run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", wheels, ROOT])
+    # Built in pip's isolated build environment (setuptools from the registry), as a release would be.
+    _run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", wheels, ROOT])
     wheel = next(wheels.glob("attention_drl_companion-*.whl"))
     venv = out / "venv"
     shutil.rmtree(venv, ignore_errors=True)
