@@ -9,6 +9,7 @@ Commands:
 Examples:
     python -m companion train --algo dqn --env CartPole-v1 --seed 0
     python -m companion train --algo drqn --env CartPole-v1 --hide 1,3 --set seq_len=8 --out runs/drqn-masked
+    python -m companion train --resume --out runs/drqn-masked
     python -m companion eval runs/dqn/CartPole-v1/seed0 --episodes 20
     python -m companion plot runs/dqn/CartPole-v1/seed* -o curves.png
 """
@@ -16,8 +17,10 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from companion.budget import BUDGETS, BudgetError
 
@@ -25,6 +28,52 @@ from companion.budget import BUDGETS, BudgetError
 #: should be quick)
 ALGO_HELP = ("off-policy (replay): dqn, drqn, darqn, sadqn, sadqn-entity, nec; "
              "on-policy (rollouts): ppo, a2c, ppo-lstm, ppo-attn, ppo-memory, ppo-hmemory")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line: ``python -m companion train: error: argument --steps: ...``
+    (exit status 2), and where to find the usage instead of the usage itself."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _integer(text: str, least: int) -> int:
+    """A count typed on the command line (``1000``, ``1_000``, ``1e3``), at least ``least``."""
+    try:
+        number = float(text)
+    except ValueError:
+        number = math.nan
+    if not (number.is_integer() and number >= least):
+        raise argparse.ArgumentTypeError(f"expected {'a positive integer' if least else 'an integer of 0 or more'}, "
+                                         f"got {text!r}")
+    return int(number)
+
+
+def _positive(text: str) -> int:
+    return _integer(text, least=1)
+
+
+def _not_negative(text: str) -> int:
+    return _integer(text, least=0)
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a probability between 0 and 1, got {text!r}")
+    return value
+
+
+def _indices(text: str) -> tuple[int, ...]:
+    """``"1,3"`` -> ``(1, 3)``: observation dimensions."""
+    try:
+        return tuple(_not_negative(i) for i in text.split(",") if i.strip())
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected observation indices like 1,3, got {text!r}") from None
 
 
 def _overrides(pairs: list[str]) -> dict[str, str]:
@@ -47,32 +96,35 @@ def _default_out(algo: str, env_id: str, seed: int, hide: tuple[int, ...], flick
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m companion", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n".join(__doc__.splitlines()[2:]))
+    parser = _Parser(prog="python -m companion", description=__doc__.splitlines()[0],
+                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog="\n".join(__doc__.splitlines()[2:]))
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    # Defaults of None: with --resume, what was not typed is taken from the run's config.json, and what was
+    # typed must agree with it.
     train = commands.add_parser("train", help="train an agent and write a run directory")
-    train.add_argument("--algo", required=True, help=ALGO_HELP)
-    train.add_argument("--env", required=True,
-                       help="a gymnasium id: CartPole-v1, MinAtar/Breakout-v1, ALE/Pong-v5, ...")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--steps", type=int, default=0, help="environment steps (default: by budget and env)")
+    train.add_argument("--algo", help=f"required unless --resume. {ALGO_HELP}")
+    train.add_argument("--env", help="required unless --resume. A gymnasium id: CartPole-v1, MinAtar/Breakout-v1, "
+                                     "ALE/Pong-v5, ...")
+    train.add_argument("--seed", type=_not_negative, default=None, help="default: 0")
+    train.add_argument("--steps", type=_positive, default=None, help="environment steps (default: by budget and env)")
     train.add_argument("--budget", choices=BUDGETS, default=None, help="default: $COMPANION_BUDGET, else book")
     train.add_argument("--out", type=Path, default=None, help="run directory (default: runs/ALGO/ENV/seedN)")
-    train.add_argument("--hide", default="", help="observation dimensions to hide, e.g. 1,3 (CartPole velocities)")
-    train.add_argument("--flicker", type=float, default=0.0, help="probability of blanking each observation")
+    train.add_argument("--hide", type=_indices, default=None,
+                       help="observation dimensions to hide, e.g. 1,3 (CartPole velocities)")
+    train.add_argument("--flicker", type=_probability, default=None, help="probability of blanking each observation")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a setting of the agent or the run (repeatable)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    train.add_argument("--stop-at", type=int, default=None, help="stop with a checkpoint at this step (for tests)")
+    train.add_argument("--stop-at", type=_positive, default=None,
+                       help="stop with a checkpoint at this step (for tests)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     evaluate = commands.add_parser("eval", help="evaluate a run directory's checkpoint")
     evaluate.add_argument("run_dir", type=Path)
-    evaluate.add_argument("--episodes", type=int, default=10)
-    evaluate.add_argument("--epsilon", type=float, default=None, help="default: the run's eval epsilon")
-    evaluate.add_argument("--seed", type=int, default=12345)
+    evaluate.add_argument("--episodes", type=_positive, default=10)
+    evaluate.add_argument("--epsilon", type=_probability, default=None, help="default: the run's eval epsilon")
+    evaluate.add_argument("--seed", type=_not_negative, default=12345)
 
     plot = commands.add_parser("plot", help="learning curves, mean and 95%% interval across seeds")
     plot.add_argument("run_dirs", type=Path, nargs="+")
@@ -86,18 +138,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from companion.train import build_config, train
+    if not (args.algo and args.env or args.resume and args.out):
+        raise ValueError("train needs --algo and --env (or, to continue a run, --resume --out DIR)")
+    from companion.train import build_config, check_resume, train
 
-    hide = tuple(int(i) for i in args.hide.split(",") if i.strip())
-    out = args.out or _default_out(args.algo, args.env, args.seed, hide, args.flicker)
+    out = args.out or _default_out(args.algo, args.env, args.seed or 0, args.hide or (), args.flicker or 0.0)
     if args.resume:
+        check_resume(out, _overrides(args.overrides), algo=args.algo, env_id=args.env, seed=args.seed,
+                     budget=args.budget, total_steps=args.steps, hide=args.hide, flicker=args.flicker)
         result = train(None, None, out, resume=True, show_progress=not args.no_progress,  # type: ignore[arg-type]
                        stop_at=args.stop_at)
     else:
-        run, agent = build_config(args.algo, args.env, seed=args.seed, budget=args.budget, total_steps=args.steps,
-                                  overrides=_overrides(args.overrides), hide=hide, flicker=args.flicker)
+        run, agent = build_config(args.algo, args.env, seed=args.seed or 0, budget=args.budget,
+                                  total_steps=args.steps or 0, overrides=_overrides(args.overrides),
+                                  hide=args.hide or (), flicker=args.flicker or 0.0)
         result = train(run, agent, out, show_progress=not args.no_progress, stop_at=args.stop_at)
-    state = "stopped (resume with --resume)" if result.interrupted else "done"
+    state = ("already finished, nothing to resume" if result.already_finished else
+             "stopped (resume with --resume)" if result.interrupted else "done")
     print(f"{state}: {result.steps} steps, {result.episodes} episodes, last evaluation {result.final_eval:.1f}; "
           f"run directory {result.run_dir}")
     return 0
@@ -135,7 +192,10 @@ def _plot(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a command; bad input (exit status 2) and a damaged run directory (1) are one line on stderr."""
     args = build_parser().parse_args(argv)
+    from companion.records import DamagedRunError  # after parsing: --help and usage errors need no torch
+
     try:
         if args.command == "check":
             from companion.check import main as check_main
@@ -146,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
         # Bad input is a one-line error, not a traceback from deep inside torch.
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except DamagedRunError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ A run directory holds
 - ``policy.pt``: the online network's weights at the end of the run (small; committed where a chapter
   draws from a trained agent);
 - ``checkpoint.pt`` (networks, optimizer, counters, random states) and ``replay.pt`` (the replay
-  buffer), both loadable with ``torch.load(..., weights_only=True)``: loading them runs no code.
+  buffer), both loadable with ``torch.load(..., weights_only=True)``: loading them runs no code;
+  ``checkpoint.prev.pt``, the checkpoint before, to fall back to (see :meth:`RunDir.save_checkpoint`).
 
 The CSVs hold nothing that depends on timing, so two runs with the same seed
 on the same machine produce identical files.
@@ -21,6 +22,7 @@ on the same machine produce identical files.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import platform
@@ -33,8 +35,8 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["METRICS_FIELDS", "EVAL_FIELDS", "UPDATE_LOG_EVERY", "RunDir", "provenance", "read_csv", "results_dir",
-           "save_benchmark"]
+__all__ = ["METRICS_FIELDS", "EVAL_FIELDS", "UPDATE_LOG_EVERY", "Checkpoint", "DamagedRunError", "RunDir", "load_file",
+           "provenance", "read_csv", "results_dir", "save_benchmark"]
 
 #: the columns of ``metrics.csv``, one row per training episode
 METRICS_FIELDS = ("episode", "step", "return", "length")
@@ -87,6 +89,69 @@ def read_csv(path: Path) -> dict[str, np.ndarray]:
     return {name: np.array([float(row[name]) for row in rows]) for name in fields}
 
 
+class DamagedRunError(Exception):
+    """A file of a run directory that cannot be loaded (truncated or corrupted), or a checkpoint that cannot
+    be resumed exactly. The message is one line: which file, and what to do."""
+
+
+def load_file(path: Path) -> Any:
+    """``torch.load(path, weights_only=True)`` onto the CPU; a damaged file raises :class:`DamagedRunError`.
+
+    Raises:
+        FileNotFoundError, PermissionError: as they come (a file that is not there, or may not be read, is
+            not a damaged one).
+        DamagedRunError: the file does not load: truncated (a disk that filled up, a copy cut short) or
+            corrupted. (A flipped bit inside a tensor's data loads without complaint: torch keeps no
+            checksum of it.)
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (FileNotFoundError, PermissionError, IsADirectoryError):
+        raise
+    except Exception as err:  # RuntimeError, OSError, EOFError, UnpicklingError, KeyError, UnicodeDecodeError...
+        raise DamagedRunError(f"{path} is damaged (truncated or corrupted) and cannot be loaded") from err
+
+
+def _save_atomically(payload: dict[str, Any], target: Path, previous: Path | None = None) -> None:
+    """``torch.save`` to a temporary file, then ``os.replace`` it onto ``target``: a kill at any moment leaves
+    either the old file or the new one, never half of one. With ``previous``, the old file moves there first."""
+    tmp = target.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    if previous is not None and target.exists():
+        os.replace(target, previous)
+    os.replace(tmp, target)
+
+
+def _write_json_atomically(data: dict[str, Any], target: Path) -> None:
+    tmp = target.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, target)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise DamagedRunError(f"{path} is damaged (not valid JSON) and cannot be read") from err
+
+
+@dataclasses.dataclass
+class Checkpoint:
+    """A checkpoint as :meth:`RunDir.load_checkpoint` found it.
+
+    Attributes:
+        state: what the harness saved: the agent, torch's random state, the loop's state.
+        replay: the replay buffer saved with it (``None`` for an on-policy run, or when not asked for).
+        path: the file it came from: ``checkpoint.pt``, or ``checkpoint.prev.pt`` after a fall-back.
+        passed_over: why newer files were not used, one line each (empty if none were).
+    """
+
+    state: dict[str, Any]
+    replay: dict[str, Any] | None
+    path: Path
+    passed_over: list[str]
+
+
 class RunDir:
     """One run's directory. Create it with :meth:`create`, reopen it with the constructor."""
 
@@ -100,6 +165,7 @@ class RunDir:
     updates_path = property(lambda self: self.path / "updates.csv")
     policy_path = property(lambda self: self.path / "policy.pt")
     checkpoint_path = property(lambda self: self.path / "checkpoint.pt")
+    previous_checkpoint_path = property(lambda self: self.path / "checkpoint.prev.pt")
     replay_path = property(lambda self: self.path / "replay.pt")
 
     @classmethod
@@ -110,23 +176,21 @@ class RunDir:
             raise FileExistsError(f"{run.path} already holds a run; pass --resume to continue it, "
                                   f"or choose another --out")
         run.path.mkdir(parents=True, exist_ok=True)
-        run.config_path.write_text(json.dumps(config, indent=2) + "\n")
         for csv_path, fields in ((run.metrics_path, METRICS_FIELDS), (run.eval_path, EVAL_FIELDS)):
             csv_path.write_text(",".join(fields) + "\n")
+        _write_json_atomically(config, run.config_path)  # last: a directory with config.json is a run
         return run
 
     def config(self) -> dict[str, Any]:
         if not self.config_path.exists():
             raise FileNotFoundError(f"{self.path} is not a run directory (no config.json)")
-        return json.loads(self.config_path.read_text())
+        return _read_json(self.config_path)
 
     def meta(self) -> dict[str, Any]:
-        return json.loads(self.meta_path.read_text()) if self.meta_path.exists() else {}
+        return _read_json(self.meta_path) if self.meta_path.exists() else {}
 
     def write_meta(self, meta: dict[str, Any]) -> None:
-        tmp = self.meta_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(meta, indent=2) + "\n")
-        tmp.replace(self.meta_path)
+        _write_json_atomically(meta, self.meta_path)
 
     def metrics(self) -> dict[str, np.ndarray]:
         return read_csv(self.metrics_path)
@@ -153,41 +217,87 @@ class RunDir:
         with open(path, "a", newline="") as f:
             csv.writer(f, lineterminator="\n").writerow(row)
 
+    def last_eval(self) -> float:
+        """The mean return of the run's last evaluation, from ``eval.csv`` (nan if there is none)."""
+        means = self.evals().get("mean_return", np.array([]))
+        return float(means[-1]) if len(means) else float("nan")
+
     def truncate_after(self, step: int) -> None:
-        """Drop CSV rows written after ``step``: they belong to the part of a run a resume replays."""
+        """Drop CSV rows written after ``step``: they belong to the part of a run a resume replays (and a
+        last row without its line end: a run killed while writing it)."""
         for path in (self.metrics_path, self.eval_path, self.updates_path):
             if not path.exists():
                 continue
             lines = path.read_text().splitlines(keepends=True)
-            header, rows = lines[0], lines[1:]
+            header, rows = lines[0], [r for r in lines[1:] if r.endswith("\n")]
             column = header.strip().split(",").index("step")
             kept = [r for r in rows if int(float(r.split(",")[column])) <= step]
             path.write_text(header + "".join(kept))
 
-    def save_checkpoint(self, state: dict[str, Any], replay: dict[str, Any] | None) -> None:
-        """Write ``checkpoint.pt`` (and ``replay.pt``) atomically: a crash mid-write leaves the old ones."""
-        for target, payload in ((self.checkpoint_path, state), (self.replay_path, replay)):
-            if payload is None:
-                continue
-            tmp = target.with_suffix(".tmp")
-            torch.save(payload, tmp)
-            tmp.replace(target)
+    def save_checkpoint(self, state: dict[str, Any], replay: dict[str, Any] | None, step: int) -> None:
+        """Write ``checkpoint.pt``, then ``replay.pt``, each atomically; the checkpoint before becomes
+        ``checkpoint.prev.pt``.
+
+        The two files are one pair, written one after the other, so both record ``step`` (the checkpoint
+        as ``replay_step``, ``None`` without a replay buffer; the buffer as ``checkpoint_step``). A run
+        killed between the two writes leaves a new checkpoint beside the old buffer: :meth:`load_checkpoint`
+        sees that the steps differ and takes ``checkpoint.prev.pt``, the checkpoint that old buffer belongs to.
+        """
+        _save_atomically({**state, "replay_step": None if replay is None else step}, self.checkpoint_path,
+                         previous=self.previous_checkpoint_path)
+        if replay is not None:
+            _save_atomically({**replay, "checkpoint_step": step}, self.replay_path)
 
     def save_policy(self, state: dict[str, Any]) -> None:
         """Write ``policy.pt``: the online network's ``state_dict``, enough to act and draw attention maps."""
-        tmp = self.policy_path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        tmp.replace(self.policy_path)
+        _save_atomically(state, self.policy_path)
 
-    def load_checkpoint(self, with_replay: bool = True) -> tuple[dict[str, Any], dict[str, Any] | None]:
-        """Load with ``weights_only=True``: tensors and plain data only, never code."""
-        if not self.checkpoint_path.exists():
-            raise FileNotFoundError(f"{self.path} has no checkpoint.pt")
-        state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
+    def load_checkpoint(self, with_replay: bool = True) -> Checkpoint:
+        """The newest checkpoint to resume from: ``checkpoint.pt``, else ``checkpoint.prev.pt`` (loaded with
+        ``weights_only=True``: tensors and plain data only, never code).
+
+        A checkpoint is passed over if it is damaged, or (``with_replay``) if it was saved with a replay
+        buffer that ``replay.pt`` does not hold: a run killed between the two writes of
+        :meth:`save_checkpoint`. (Run directories written before the steps were recorded pair as they are.)
+
+        Raises:
+            FileNotFoundError: there is no checkpoint (the run stopped before its first).
+            DamagedRunError: no checkpoint can be resumed exactly (the message says how to start again).
+        """
+        restart = f"remove {self.path} (or choose another --out) to start the run again"
+        found = [p for p in (self.checkpoint_path, self.previous_checkpoint_path) if p.exists()]
+        if not found:
+            raise FileNotFoundError(f"{self.path} has no checkpoint to resume from (the run stopped before its "
+                                    f"first); {restart}")
         replay = None
         if with_replay and self.replay_path.exists():
-            replay = torch.load(self.replay_path, map_location="cpu", weights_only=True)
-        return state, replay
+            try:
+                replay = load_file(self.replay_path)
+            except DamagedRunError as err:
+                raise DamagedRunError(f"{err}; {restart}") from err
+        passed_over = []
+        for path in found:
+            try:
+                state = load_file(path)
+            except DamagedRunError as err:
+                passed_over.append(str(err))
+                continue
+            wanted, held = state.get("replay_step"), (replay or {}).get("checkpoint_step")
+            if with_replay and wanted is not None and held != wanted:
+                holds = "is missing" if replay is None else f"holds step {held}'s"
+                passed_over.append(f"{path} (step {wanted}) needs the replay buffer saved with it, and "
+                                   f"{self.replay_path.name} {holds}")
+                continue
+            if replay is not None:
+                replay = {k: v for k, v in replay.items() if k != "checkpoint_step"}
+            return Checkpoint(state, replay, path, passed_over)
+        raise DamagedRunError(f"cannot resume {self.path} exactly: {'; '.join(passed_over)}; {restart}")
+
+    def restore_previous_checkpoint(self) -> None:
+        """Make ``checkpoint.prev.pt`` the checkpoint again, in place of the ``checkpoint.pt`` a resume passed
+        over: the next :meth:`save_checkpoint` then keeps it as the one to fall back to, should that save be
+        killed too (moved aside, the passed-over file would take its place)."""
+        os.replace(self.previous_checkpoint_path, self.checkpoint_path)
 
 
 def now() -> str:

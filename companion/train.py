@@ -17,7 +17,9 @@ schedule. Reading order: :class:`RunConfig`, :func:`build_config`, :func:`train`
 Reproducibility: every episode is reset with a seed derived from the run's seed and the episode's
 index, and every random generator (exploration, sampling, evaluation) is seeded from the run's seed.
 A checkpoint holds the agent, torch's random state and the loop's own state, so a run that is
-interrupted and resumed produces the same records as one that was not.
+interrupted and resumed produces the same records as one that was not, even when the interruption is a
+kill (SIGKILL: out of memory, a job's time limit) in the middle of writing a checkpoint
+(:meth:`~companion.records.RunDir.save_checkpoint`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -36,11 +39,11 @@ from companion.agents import AGENTS, Agent
 from companion.budget import by_budget, get_budget
 from companion.envs import check_discrete_actions, env_family, make_env
 from companion.loops import LOOPS, LoopContext
-from companion.records import RunDir, now, provenance
+from companion.records import DamagedRunError, RunDir, load_file, now, provenance
 from companion.utils import episode_seed, get_device, progress, seed_everything
 
-__all__ = ["RandomPolicy", "RunConfig", "TrainResult", "build_config", "evaluate", "load_agent", "make_run_env",
-           "random_return", "saved_config", "train"]
+__all__ = ["RandomPolicy", "RunConfig", "TrainResult", "build_config", "check_resume", "evaluate", "load_agent",
+           "make_run_env", "random_return", "saved_config", "train"]
 
 
 @dataclasses.dataclass
@@ -82,7 +85,8 @@ def build_config(algo: str, env_id: str, *, seed: int = 0, budget: str | None = 
     then ``overrides`` (agent fields, or run fields such as ``eval_every``).
 
     Raises:
-        ValueError: for an unknown algorithm or an unknown override key (one line, listing valid keys).
+        ValueError: for an unknown algorithm or an unknown override key (one line, listing valid keys), a
+            negative count, or a setting out of its range (``_check_run``).
     """
     if algo not in AGENTS:
         raise ValueError(f"unknown algorithm {algo!r}; choose one of: {', '.join(sorted(AGENTS))}")
@@ -94,7 +98,7 @@ def build_config(algo: str, env_id: str, *, seed: int = 0, budget: str | None = 
     agent_keys = {f.name for f in dataclasses.fields(agent)}
     for key, value in (overrides or {}).items():
         if key in agent_keys:
-            setattr(agent, key, _coerce(value, getattr(agent, key), key))
+            setattr(agent, key, _not_negative(_coerce(value, getattr(agent, key), key), key))
         elif key in run_keys - {"algo", "env_id"}:
             setattr(run, key, _coerce(value, getattr(run, key), key))
         else:
@@ -105,9 +109,36 @@ def build_config(algo: str, env_id: str, *, seed: int = 0, budget: str | None = 
     if budget == "full" and not run.eval_steps:
         run.eval_steps = _EVAL_STEPS_FULL.get(family, 0)
     run.checkpoint_every = run.checkpoint_every or max(run.total_steps // 10, 1)
+    _check_run(run)
     if budget == "quick":  # sizes shrink with the steps so that a quick run still learns a little
         AGENTS[algo].fit_to_steps(agent, run.total_steps)
     return run, agent
+
+
+#: run fields that count something: 0 means "by budget", and once the defaults are filled in each is at least 1
+_COUNTS = ("total_steps", "eval_every", "eval_episodes", "checkpoint_every")
+
+
+def _check_run(run: RunConfig) -> None:
+    """Refuse (``ValueError``, one line) a run that would do nothing or nonsense: a count below 1 (such as
+    ``total_steps=-5``, which ran no step and reported an evaluation of nan), a negative seed or number,
+    a flicker probability outside [0, 1]."""
+    for key in _COUNTS:
+        if getattr(run, key) < 1:
+            raise ValueError(f"setting {key}={getattr(run, key)}: expected a positive integer")
+    for key in ("seed", "eval_steps", "threads"):
+        _not_negative(getattr(run, key), key)
+    if any(i < 0 for i in run.hide):
+        raise ValueError(f"setting hide={run.hide}: expected observation indices (0 or more)")
+    if not 0.0 <= run.flicker <= 1.0:
+        raise ValueError(f"setting flicker={run.flicker}: expected a probability between 0 and 1")
+
+
+def _not_negative(value: Any, key: str) -> Any:
+    """``value``, unless it is a negative integer (no count, size or step of a run or an agent is negative)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value < 0:
+        raise ValueError(f"setting {key}={value}: expected an integer of 0 or more")
+    return value
 
 
 def _coerce(value: Any, current: Any, key: str) -> Any:
@@ -137,6 +168,32 @@ def make_run_env(run: RunConfig, agent_config: Any) -> Any:
         kwargs["repeat_action_probability"] = agent_config.sticky_actions
     return make_env(run.env_id, frame_stack=agent_config.frame_stack, hide=run.hide, flicker=run.flicker,
                     prev_action=run.prev_action, prev_reward=run.prev_reward, **kwargs)
+
+
+def check_resume(run_dir: str | Path, overrides: dict[str, Any] | None = None, **given: Any) -> None:
+    """Refuse to resume ``run_dir`` with settings that contradict its ``config.json``.
+
+    ``given``: run fields as typed (``algo``, ``env_id``, ``seed``, ``budget``, ``total_steps``, ``hide``,
+    ``flicker``; ``None`` for one not typed, which is not compared), ``overrides``: settings as for
+    :func:`build_config`. A resume continues the stored run with its stored settings; one typed
+    differently would otherwise be ignored without a word.
+
+    Raises:
+        ValueError: one line naming each differing setting with its stored and given values, or an
+            unknown setting.
+    """
+    run, agent = saved_config(run_dir)
+    differ = []
+    for key, value in {**{k: v for k, v in given.items() if v is not None}, **(overrides or {})}.items():
+        holder = run if hasattr(run, key) else agent if hasattr(agent, key) else None
+        if holder is None:
+            raise ValueError(f"unknown setting {key!r} for {run.algo}")
+        stored = getattr(holder, key)
+        if _coerce(value, stored, key) != stored:
+            differ.append(f"{key} is {stored!r} there, {value!r} here")
+    if differ:
+        raise ValueError(f"{run_dir}/config.json holds other settings: {'; '.join(differ)}. To resume the run, "
+                         f"give --resume --out {run_dir} alone; to start another, choose another --out")
 
 
 def saved_config(run_dir: str | Path | RunDir) -> tuple[RunConfig, Any]:
@@ -204,8 +261,9 @@ class TrainResult:
     agent: Agent
     steps: int
     episodes: int
-    final_eval: float  # mean return of the last evaluation (nan if none)
+    final_eval: float  # mean return of the run's last evaluation (nan if none)
     interrupted: bool
+    already_finished: bool = False  # a resume found the run finished, and trained no further
 
 
 class _StopRequest:
@@ -246,7 +304,9 @@ def train(run: RunConfig, agent_config: Any, out: str | Path, *, resume: bool = 
         run, agent_config: from :func:`build_config`. With ``resume``, both are read from ``out`` instead.
         out: the run directory.
         resume: continue the run in ``out`` from its last checkpoint, to the same result as an
-            uninterrupted run.
+            uninterrupted run (from the checkpoint before, ``checkpoint.prev.pt``, where the last is
+            damaged or lost its replay buffer to a kill). A finished run is left as it is
+            (``already_finished``).
         show_progress: a progress bar with steps/s and the mean return of the last 10 episodes.
         stop_at: stop (with a checkpoint) at the first episode end (off-policy) or rollout end (on-policy)
             at or after this step, as Ctrl-C does.
@@ -254,6 +314,8 @@ def train(run: RunConfig, agent_config: Any, out: str | Path, *, resume: bool = 
     run_dir = RunDir(out)
     if resume:
         run, agent_config = saved_config(run_dir)
+        if _finished(run_dir, run):
+            return _finished_result(run_dir)
     agent_cls = AGENTS[run.algo]
     probe = make_run_env(run, agent_config)
     eval_env = make_run_env(run, agent_config)
@@ -267,11 +329,16 @@ def train(run: RunConfig, agent_config: Any, out: str | Path, *, resume: bool = 
     agent = agent_cls(obs_shape, n_actions, agent_config, device)
     resume_from = None
     if resume:
-        state, replay = run_dir.load_checkpoint()
+        saved = run_dir.load_checkpoint()
+        state = saved.state
         agent.load_state_dict(state["agent"])
         torch.set_rng_state(state["torch_rng"])
-        resume_from = (state["loop"], replay)
+        resume_from = (state["loop"], saved.replay)
         step = int(state["loop"]["step"])
+        if saved.passed_over:
+            print(f"resuming from {saved.path} (step {step}): {'; '.join(saved.passed_over)}", file=sys.stderr)
+        if saved.path == run_dir.previous_checkpoint_path:
+            run_dir.restore_previous_checkpoint()
         run_dir.truncate_after(step)
         meta = run_dir.meta()
         meta["resumed"] = meta.get("resumed", 0) + 1
@@ -290,7 +357,7 @@ def train(run: RunConfig, agent_config: Any, out: str | Path, *, resume: bool = 
 
     def checkpoint(loop_state: dict[str, Any], replay: dict[str, Any] | None) -> None:
         run_dir.save_checkpoint({"agent": agent.state_dict(), "torch_rng": torch.get_rng_state(),
-                                 "loop": loop_state}, replay)
+                                 "loop": loop_state}, replay, step=int(loop_state["step"]))
 
     start = time.perf_counter()
     bar = progress(total=run.total_steps, initial=step, desc=f"{run.algo} {run.env_id} seed {run.seed}",
@@ -306,29 +373,57 @@ def train(run: RunConfig, agent_config: Any, out: str | Path, *, resume: bool = 
     bar.update(result.steps - bar.n)
     bar.close()
     wall = time.perf_counter() - start
+    last_eval = run_dir.last_eval() if math.isnan(result.last_eval) else result.last_eval  # none this session
     meta.update(finished=now(), steps=result.steps, episodes=result.episodes, interrupted=result.interrupted,
                 wall_seconds=round(meta.get("wall_seconds", 0.0) + wall, 2),
                 steps_per_second=round((result.steps - step) / wall, 1) if wall > 0 else None,
-                final_eval_mean_return=None if math.isnan(result.last_eval) else result.last_eval)
+                final_eval_mean_return=None if math.isnan(last_eval) else last_eval)
     run_dir.write_meta(meta)
     eval_env.close()
-    return TrainResult(run_dir.path, agent, result.steps, result.episodes, result.last_eval, result.interrupted)
+    return TrainResult(run_dir.path, agent, result.steps, result.episodes, last_eval, result.interrupted)
+
+
+def _finished(run_dir: RunDir, run: RunConfig) -> bool:
+    """Whether the run's last session ran it to its end (its ``meta.json`` says so; a session killed
+    before it wrote ``meta.json`` leaves the one before, which does not)."""
+    meta = run_dir.meta()
+    return meta.get("interrupted") is False and meta.get("steps", 0) >= run.total_steps
+
+
+def _finished_result(run_dir: RunDir) -> TrainResult:
+    """What a resume of a finished run returns: the run as it is, its trained agent and its last evaluation."""
+    agent, _, _ = load_agent(run_dir.path)
+    meta = run_dir.meta()
+    return TrainResult(run_dir.path, agent, int(meta["steps"]), int(meta["episodes"]), run_dir.last_eval(),
+                       interrupted=False, already_finished=True)
 
 
 def load_agent(run_dir: str | Path, device: str | None = None) -> tuple[Agent, RunConfig, Any]:
     """Rebuild a trained agent from a run directory: from ``checkpoint.pt`` where there is one, else from
-    the final ``policy.pt`` (the acting network only, which is what a fresh clone has)."""
+    the final ``policy.pt`` (the acting network only, which is what a fresh clone has).
+
+    Raises:
+        FileNotFoundError: neither file is there.
+        DamagedRunError: the file does not load (truncated or corrupted); the message names it.
+    """
     run, agent_config = saved_config(run_dir)
     env = make_run_env(run, agent_config)
     agent = AGENTS[run.algo](env.observation_space.shape, int(env.action_space.n), agent_config,
                              get_device(device or run.device or None))
     records = RunDir(run_dir)
     if records.checkpoint_path.exists():
-        state, _ = records.load_checkpoint(with_replay=False)
-        agent.load_state_dict(state["agent"])
+        agent.load_state_dict(_checked(load_file(records.checkpoint_path), "agent", records.checkpoint_path))
     elif records.policy_path.exists():
-        agent.load_policy_state_dict(torch.load(records.policy_path, map_location=agent.device, weights_only=True))
+        agent.load_policy_state_dict(load_file(records.policy_path))
     else:
         raise FileNotFoundError(f"{records.path} has neither checkpoint.pt nor policy.pt")
     env.close()
     return agent, run, agent_config
+
+
+def _checked(state: dict[str, Any], key: str, path: Path) -> Any:
+    """``state[key]``, or :class:`~companion.records.DamagedRunError` naming ``path`` if the file loaded
+    but is not what the harness wrote."""
+    if not isinstance(state, dict) or key not in state:
+        raise DamagedRunError(f"{path} is damaged (it loads, but holds no {key!r})")
+    return state[key]
