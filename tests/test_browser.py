@@ -56,9 +56,24 @@ def book_html() -> Path:
     return path
 
 
+REDIRECT = re.compile(r'<meta http-equiv="Refresh" content="0; url=([^"]+)"', re.IGNORECASE)
+
+
 def pages(html: Path) -> list[Path]:
+    """Every page of the book, redirects (the root ``index.html``) left out: ``redirects`` checks them."""
     skip = {"_static", "_sources", "_images", "_modules"}
-    return sorted(p for p in html.rglob("*.html") if not skip & set(p.relative_to(html).parts))
+    found = sorted(p for p in html.rglob("*.html") if not skip & set(p.relative_to(html).parts))
+    return [p for p in found if not REDIRECT.search(p.read_text(errors="replace")[:500])]
+
+
+def redirects(html: Path) -> dict[Path, Path]:
+    """Pages that only redirect, and where to."""
+    found = {}
+    for page in html.rglob("*.html"):
+        match = REDIRECT.search(page.read_text(errors="replace")[:500])
+        if match:
+            found[page] = (page.parent / match.group(1)).resolve()
+    return found
 
 
 class _Anchors(HTMLParser):
@@ -188,6 +203,9 @@ def test_every_page_renders_offline_with_its_figures_links_and_buttons(browser):
             shown = sum(1 for image in facts["images"] if image["output"])
             if stem in figures and shown != figures[stem]:
                 problems.append(f"{name}: {shown} figures on the page, the chapter produces {figures[stem]}")
+    for page, target in redirects(html).items():
+        if target not in all_pages:
+            problems.append(f"{page.relative_to(html)} redirects to {target}, which is not a page of the book")
     assert not problems, f"{len(problems)} problems over {len(all_pages)} pages:\n" + "\n".join(problems[:80])
     chapters = [p for p in all_pages if p.parent.name == "notebooks"]
     assert len(chapters) == len(figures), "every chapter was opened"
