@@ -89,8 +89,22 @@ def test_workflows_run_ci_on_pull_requests_and_publish_tagged_releases():
     runs = "\n".join(step.get("run", "") for step in steps)
     assert "companion/__init__.py" in runs and 'test "${GITHUB_REF_NAME}" = "v${version}"' in runs
     assert "sync_links.py --check" in runs and "make book" in runs
-    assert any(step.get("with", {}).get("path") == "_build/html" for step in steps)
-    assert "actions/deploy-pages" in str(publish["jobs"]["deploy"])
+    assert set(publish[True]["push"]) == {"branches", "tags"}  # no paths filter that would skip a release
+    assert publish["permissions"]["pages"] == "write" and publish["permissions"]["id-token"] == "write"
+    tag_step = next(step for step in steps if "GITHUB_REF_NAME" in step.get("run", ""))
+    assert tag_step["if"] == "startsWith(github.ref, 'refs/tags/v')"  # runs on every release tag
+    assert not any(step.get("continue-on-error") for step in steps), "a failing step must stop the release"
+    upload = next(step for step in steps if step.get("with", {}).get("path") == "_build/html")
+    assert upload["uses"].startswith("actions/upload-pages-artifact@")
+    deploy = publish["jobs"]["deploy"]
+    assert deploy["needs"] in ("build", ["build"]) and "if" not in deploy
+    assert deploy["environment"]["name"] == "github-pages"
+    assert any(step.get("uses", "").startswith("actions/deploy-pages@") for step in deploy["steps"])
+    # CI's script runs every check, and the browser test may not skip itself there.
+    ci_run = (ROOT / ".ci" / "run").read_text()
+    assert "set -euo pipefail" in ci_run
+    for command in ("make test", "make lint", "make book-executed", "COMPANION_REQUIRE_BROWSER=1 make test-browser"):
+        assert f"\n{command}\n" in ci_run, command
 
 
 def test_the_tag_check_rejects_a_tag_that_is_not_the_version(tmp_path):

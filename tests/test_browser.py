@@ -27,14 +27,17 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import pytest
+from sync_links import colab_url  # tools/ is on sys.path (tests/conftest.py)
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = ROOT / "tests" / "notebooks" / "figures.json"
 CHROMIUM_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
                   "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--allow-file-access-from-files", "--window-size=1280,900"]
+                  "--allow-file-access-from-files", "--window-size=1280,900",
+                  "--host-resolver-rules=MAP * ~NOTFOUND"]  # no network even where the machine has one (CI)
 #: TeX that MathJax would have replaced: inline and display delimiters, and common commands.
-RAW_TEX = re.compile(r"\\\(|\\\)|\\\[|\\\]|\$\$|\\frac\{|\\begin\{|\\mathrm\{|\\sum_")
+RAW_TEX = re.compile(r"\\\(|\\\)|\\\[|\\\]|\$\$|\\frac\{|\\begin\{|\\mathrm\{|\\sum_"
+                     r"|\$[^$\n]*(?:\\[A-Za-z]+|[_^])[^$\n]*\$|(?<![\w$])\$[A-Za-z]\$(?![\w$])")  # $...$ left as text
 #: Pages that Sphinx writes besides the book's own, checked like the others except for figures.
 NOT_CHAPTERS = ("genindex.html", "search.html", "py-modindex.html")
 
@@ -121,10 +124,14 @@ def browser():
 
 WAIT_FOR_MATH = """
 const done = arguments[arguments.length - 1];
-const mj = window.MathJax;
 if (!document.querySelector('.math') ) { done('no math'); return; }
-if (!mj || !mj.startup || !mj.startup.promise) { done('no MathJax'); return; }
-mj.startup.promise.then(() => done('rendered'), (e) => done('error: ' + e));
+const start = Date.now();
+(function poll() {  // the deferred MathJax script may not have run yet when the driver hands the page over
+  const mj = window.MathJax;
+  if (mj && mj.startup && mj.startup.promise) {
+    mj.startup.promise.then(() => done('rendered'), (e) => done('error: ' + e));
+  } else if (Date.now() - start > 10000) { done('no MathJax'); } else { setTimeout(poll, 100); }
+})();
 """
 
 PAGE_FACTS = """
@@ -143,8 +150,9 @@ return {
   math: math.length,
   mathUnrendered: math.filter(e => !e.querySelector('mjx-container')).map(e => e.textContent.slice(0, 80)),
   links: [...document.querySelectorAll('a[href]')].map(a => a.href),
-  launchColab: !!document.querySelector('a[href*="colab.research.google.com"]'),
-  downloadNotebook: !!document.querySelector('a[href$=".ipynb"]'),
+  launchColab: [...document.querySelectorAll('a[href*="colab.research.google.com"]')].map(a => a.href),
+  // The book's own copy of the notebook (the Colab link ends in .ipynb too): a file beside the page.
+  downloadNotebook: [...document.querySelectorAll('a[href$=".ipynb"]')].some(a => a.protocol === 'file:'),
 };
 """
 
@@ -196,8 +204,8 @@ def test_every_page_renders_offline_with_its_figures_links_and_buttons(browser):
                 problems.append(f"{name}: link to a missing anchor {target.relative_to(html)}#{url.fragment}")
         if name.startswith("notebooks/"):
             stem = Path(name).stem
-            if not facts["launchColab"]:
-                problems.append(f"{name}: no launch button (Colab)")
+            if colab_url(f"notebooks/{stem}.ipynb") not in facts["launchColab"]:
+                problems.append(f"{name}: no launch button for notebooks/{stem}.ipynb: {facts['launchColab']}")
             if not facts["downloadNotebook"]:
                 problems.append(f"{name}: no download button for the .ipynb")
             shown = sum(1 for image in facts["images"] if image["output"])

@@ -33,6 +33,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -134,9 +135,10 @@ def simulate(stems: list[str] | None = None, out: Path = DEFAULT_OUT, timeout: i
     python = build_environment(out)
     repository = stand_in_for_github(out)
     setup_seconds = time.time() - started
-    work = out / "content"  # Colab's working directory, empty at the start
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir()
+    # Colab's working directory, empty at the start and outside this repository: companion's results_dir()
+    # looks for a results/ folder from the working directory upwards, and would find the repository's own.
+    work = Path(tempfile.mkdtemp(prefix="colab-content-"))
+    assert not [p for p in work.parents if (p / "results").is_dir()], f"{work} lies below a results/ folder"
     executed_dir = out / "executed"
     shutil.rmtree(executed_dir, ignore_errors=True)
     executed_dir.mkdir()
@@ -162,7 +164,8 @@ def simulate(stems: list[str] | None = None, out: Path = DEFAULT_OUT, timeout: i
         report[path.stem] = entry
         print(f"{path.stem}: {entry.get('figures')} figures, {len(entry.get('missing', []))} missing-results lines, "
               f"{entry['seconds']} s{'' if entry['error'] is None else ', FAILED'}", flush=True)
-    summary = {"setup_seconds": round(setup_seconds, 1), "version": version(), "notebooks": report}
+    summary = {"setup_seconds": round(setup_seconds, 1), "version": version(), "content": str(work),
+               "notebooks": report}
     (out / "report.json").write_text(json.dumps(summary, indent=2) + "\n")
     return report
 
