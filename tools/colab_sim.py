@@ -37,6 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import nbval_outputs
 from nbval_outputs import count_figures
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,13 +55,15 @@ def _run(cmd: list[str | Path], **kwargs) -> None:
 
 
 def version() -> str:
-    match = re.search(r'^__version__ = "([^"]+)"', (ROOT / "companion" / "__init__.py").read_text(), re.M)
-    assert match, "companion/__init__.py must define __version__"
-    return match.group(1)
+    """The package's version (imported late: the fresh environment that executes notebooks has no yaml)."""
+    from sync_links import version as package_version
+
+    return package_version()
 
 
 def notebook_paths(stems: list[str] | None = None) -> list[Path]:
-    paths = sorted(p for p in (ROOT / "notebooks").glob("*.ipynb") if not p.name.startswith("."))
+    """The chapters (all, or those named by stem)."""
+    paths = nbval_outputs.notebook_paths()
     if stems:
         unknown = set(stems) - {p.stem for p in paths}
         if unknown:
