@@ -36,14 +36,15 @@ import numpy as np
 import torch
 
 from companion.agents import AGENTS, Agent
+from companion.agents.base import EnvPreset
 from companion.budget import by_budget, get_budget
 from companion.envs import check_discrete_actions, env_family, make_env
 from companion.loops import LOOPS, LoopContext
 from companion.records import DamagedRunError, RunDir, load_file, now, provenance
 from companion.utils import episode_seed, get_device, progress, seed_everything
 
-__all__ = ["RandomPolicy", "RunConfig", "TrainResult", "build_config", "check_resume", "evaluate", "load_agent",
-           "make_run_env", "random_return", "saved_config", "train"]
+__all__ = ["FAMILY_DEFAULTS", "RandomPolicy", "RunConfig", "TrainResult", "build_config", "check_resume", "evaluate",
+           "fallback_note", "load_agent", "make_run_env", "random_return", "saved_config", "train"]
 
 
 @dataclasses.dataclass
@@ -79,10 +80,39 @@ _EVAL_EVERY = {"gym": 5_000, "popgym": 5_000, "MinAtar": 10_000, "ALE": 50_000}
 _EVAL_STEPS_FULL = {"ALE": 25_000}  # the full budget evaluates by steps, as Mnih et al. and Sorokin et al. do
 
 
+#: env families whose presets were set for one env: the family's name in a message, and that env. An env of such
+#: a family without a preset of its own (:meth:`~companion.agents.base.Agent.env_preset`) falls back to them, and
+#: :func:`train` says so. ALE's and MinAtar's presets are their papers' settings for every game: no note.
+FAMILY_DEFAULTS: dict[str, tuple[str, str]] = {"gym": ("classic-control", "CartPole-v1"),
+                                               "popgym": ("popgym", "CartPole-v1")}
+_noted: set[tuple[str, str]] = set()  # (algo, env id) pairs whose fall-back was printed in this process
+
+
+def fallback_note(algo: str, env_id: str) -> str:
+    """The line :func:`train` prints when ``env_id`` takes its family's preset, set for another env
+    (``"dqn: no preset for Foo-v0; using the classic-control defaults (set for CartPole-v1) ..."``); ``""`` when the
+    env has its own preset (:data:`companion.agents.dqn.CLASSIC_CONTROL`), is the env the family's was set for, or
+    belongs to a family whose presets are not one env's."""
+    family = env_family(env_id)
+    if family not in FAMILY_DEFAULTS or AGENTS[algo].env_preset(env_id) is not None:
+        return ""
+    name, tuned_on = FAMILY_DEFAULTS[family]
+    if env_id == tuned_on:
+        return ""
+    return (f"{algo}: no preset for {env_id}; using the {name} defaults (set for {tuned_on}); "
+            f"--set KEY=VALUE changes a setting")
+
+
 def build_config(algo: str, env_id: str, *, seed: int = 0, budget: str | None = None, total_steps: int = 0,
                  overrides: dict[str, Any] | None = None, **run_fields: Any) -> tuple[RunConfig, Any]:
-    """The run's and the agent's config: the agent's preset for the env family, scaled by the budget,
-    then ``overrides`` (agent fields, or run fields such as ``eval_every``).
+    """The run's and the agent's config: the agent's preset for the env, scaled by the budget, then ``overrides``
+    (agent fields, or run fields such as ``eval_every``).
+
+    The preset is the env's own where the agent has one (:meth:`~companion.agents.base.Agent.env_preset`: RL-Zoo's
+    tunings of classic-control tasks, :data:`companion.agents.dqn.CLASSIC_CONTROL` and
+    :data:`companion.agents.ppo.CLASSIC_CONTROL`, with their step counts at the book budget), else its env
+    family's. Where that is a family preset set for another env, :func:`train` says so when the run starts
+    (:func:`fallback_note`).
 
     Raises:
         ValueError: for an unknown algorithm or an unknown override key (one line, listing valid keys), a
@@ -93,7 +123,8 @@ def build_config(algo: str, env_id: str, *, seed: int = 0, budget: str | None = 
     budget = get_budget(budget)
     family = env_family(env_id)
     run = RunConfig(algo=algo, env_id=env_id, seed=seed, budget=budget, total_steps=total_steps, **run_fields)
-    agent = AGENTS[algo].preset(family)
+    own = AGENTS[algo].env_preset(env_id)
+    agent = AGENTS[algo].config_for(env_id, family)
     run_keys = {f.name for f in dataclasses.fields(RunConfig)}
     agent_keys = {f.name for f in dataclasses.fields(agent)}
     for key, value in (overrides or {}).items():
@@ -103,7 +134,7 @@ def build_config(algo: str, env_id: str, *, seed: int = 0, budget: str | None = 
             setattr(run, key, _coerce(value, getattr(run, key), key))
         else:
             raise ValueError(f"unknown setting {key!r} for {algo}; valid: {', '.join(sorted(agent_keys | run_keys))}")
-    run.total_steps = run.total_steps or _STEPS[family][budget]
+    run.total_steps = run.total_steps or _default_steps(family, budget, own)
     run.eval_every = run.eval_every or (max(run.total_steps // 2, 1) if budget == "quick" else _EVAL_EVERY[family])
     run.eval_episodes = run.eval_episodes or by_budget(quick=2, book=10, full=10, budget=budget)
     if budget == "full" and not run.eval_steps:
@@ -113,6 +144,23 @@ def build_config(algo: str, env_id: str, *, seed: int = 0, budget: str | None = 
     if budget == "quick":  # sizes shrink with the steps so that a quick run still learns a little
         AGENTS[algo].fit_to_steps(agent, run.total_steps)
     return run, agent
+
+
+def _say_fallback(run: RunConfig) -> None:
+    """Print :func:`fallback_note` for a run that starts (its env and run directory accepted: a refused run's
+    error stays one line), on stderr, once per algorithm and env in a process (not once per seed)."""
+    note = fallback_note(run.algo, run.env_id)
+    if note and (run.algo, run.env_id) not in _noted:
+        _noted.add((run.algo, run.env_id))
+        print(note, file=sys.stderr, flush=True)
+
+
+def _default_steps(family: str, budget: str, own: EnvPreset | None) -> int:
+    """A run's length when none is given: an env preset's ``steps`` at the ``book`` budget and twice that at
+    ``full`` (the classic-control family's ratio), else (and at ``quick``) the env family's."""
+    if own is not None and own.steps and budget != "quick":
+        return own.steps * (2 if budget == "full" else 1)
+    return _STEPS[family][budget]
 
 
 #: run fields that count something: 0 means "by budget", and once the defaults are filled in each is at least 1
@@ -300,6 +348,9 @@ def train(run: RunConfig, agent_config: Any, out: str | Path, *, resume: bool = 
           stop_at: int | None = None) -> TrainResult:
     """Train ``run.algo`` on ``run.env_id`` and write a run directory at ``out``.
 
+    A fresh run whose env took its family's preset, set for another env, starts with one line on stderr
+    saying so (:func:`fallback_note`); a resumed run continues without it.
+
     Args:
         run, agent_config: from :func:`build_config`. With ``resume``, both are read from ``out`` instead.
         out: the run directory.
@@ -345,6 +396,7 @@ def train(run: RunConfig, agent_config: Any, out: str | Path, *, resume: bool = 
     else:
         step = 0
         run_dir = RunDir.create(out, {"run": dataclasses.asdict(run), "agent": dataclasses.asdict(agent_config)})
+        _say_fallback(run)
         meta = {"started": now(), "seed": run.seed, "budget": run.budget, "wall_seconds": 0.0}
     meta.update(provenance(device), parameters=agent.num_parameters())
 

@@ -13,7 +13,7 @@ import contextlib
 import copy
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
 
 import numpy as np
@@ -28,8 +28,9 @@ from companion.buffers import (
     window_td_error,
 )
 
-__all__ = ["Agent", "DQNRMSprop", "QAgent", "QLearningConfig", "SequenceTensors", "linear_schedule", "make_optimizer",
-           "masked_mean", "replay_loss", "schedule_step", "sequence_td", "sequence_tensors", "td_loss"]
+__all__ = ["Agent", "DQNRMSprop", "EnvPreset", "QAgent", "QLearningConfig", "SequenceTensors", "linear_schedule",
+           "make_optimizer", "masked_mean", "replay_loss", "schedule_step", "sequence_td", "sequence_tensors",
+           "td_loss"]
 
 
 @dataclasses.dataclass
@@ -99,6 +100,20 @@ class QLearningConfig:
                              f"{self.priority_eps}")
 
 
+@dataclasses.dataclass(frozen=True)
+class EnvPreset:
+    """An agent's own settings for one env, used in place of its env family's preset (:meth:`Agent.env_preset`).
+
+    ``settings`` are config fields, applied over the config class's defaults (not over the family preset):
+    a row of a tuned table states every value it was tuned with. ``steps`` is the run's length at the ``book``
+    budget (the table's source's step count); ``full`` runs twice as long, ``quick`` as the env family's
+    quick runs; 0 keeps the family's lengths at every budget.
+    """
+
+    settings: Mapping[str, Any]
+    steps: int = 0
+
+
 def linear_schedule(start: float, end: float, duration: int, step: int) -> float:
     """``start`` at step 0, ``end`` from ``duration`` on, linear in between."""
     if duration <= 0:
@@ -131,6 +146,8 @@ class Agent(ABC):
     loop: ClassVar[str]
     #: whether :meth:`act` carries a state from step to step (a recurrent state, a context of observations)
     recurrent: ClassVar[bool] = False
+    #: this class's own presets for single envs, by env id (:meth:`env_preset`); most agents have none
+    ENV_PRESETS: ClassVar[Mapping[str, EnvPreset]] = {}
 
     def __init__(self, obs_shape: tuple[int, ...], n_actions: int, config: Any, device: torch.device) -> None:
         self.obs_shape, self.n_actions, self.config, self.device = tuple(obs_shape), n_actions, config, device
@@ -139,6 +156,23 @@ class Agent(ABC):
     @abstractmethod
     def preset(cls, family: str) -> Any:
         """The config for an env family: ``"gym"`` (classic control), ``"popgym"``, ``"MinAtar"``, ``"ALE"``."""
+
+    @classmethod
+    def env_preset(cls, env_id: str) -> EnvPreset | None:
+        """This class's own preset for ``env_id``, or ``None`` when the env family's :meth:`preset` applies.
+
+        Read from the :attr:`ENV_PRESETS` the class itself defines, never a parent's: a subclass learns with
+        another update or network (A2C and the memory variants of PPO subclass PPO), and a tuning found for one
+        algorithm does not carry over to another.
+        """
+        return vars(cls).get("ENV_PRESETS", {}).get(env_id)
+
+    @classmethod
+    def config_for(cls, env_id: str, family: str) -> Any:
+        """The config for ``env_id`` of env family ``family``: its own preset if this class has one, else the
+        family's."""
+        own = cls.env_preset(env_id)
+        return cls.Config(**own.settings) if own is not None else cls.preset(family)
 
     @classmethod  # noqa: B027 (an optional hook: most agents need nothing)
     def fit_to_steps(cls, config: Any, total_steps: int) -> None:

@@ -29,7 +29,9 @@ advantage normalisation (Huang et al. 2022, "A2C is a special case of PPO"): the
 at the gradient step, the clip never binds, and the gradient is A2C's ``-A_t grad log pi(a_t|h_t)``. Its
 preset is RL-Zoo's (5 steps, RMSprop, lambda = 1).
 
-The presets take RL-Zoo's *hyperparameters*; the networks are the companion's. (RL-Zoo's ``ppo_lstm``
+PPO's presets: the classic-control tasks that RL-Zoo lists have their own (:data:`CLASSIC_CONTROL`); any other
+env takes its family's (:meth:`PPO.preset`). The presets take RL-Zoo's *hyperparameters*; the networks are the
+companion's. (RL-Zoo's ``ppo_lstm``
 entry for CartPoleNoVel also normalises observations and rewards and gives the critic its own LSTM of
 64; ``ppo-lstm`` here shares one LSTM of 128 between the heads and normalises nothing.)
 """
@@ -52,9 +54,11 @@ from companion.agents.actor_critic import (
     MemoryActorCritic,
     RecurrentActorCritic,
 )
+from companion.agents.base import EnvPreset
 
-__all__ = ["A2C", "PPO", "PPOAttention", "PPOAttentionConfig", "PPOConfig", "PPOLSTM", "PPOLSTMConfig", "PPOMemory",
-           "PPOMemoryConfig", "PPOHierarchicalMemory", "PPOHierarchicalMemoryConfig", "ppo_loss"]
+__all__ = ["A2C", "CLASSIC_CONTROL", "PPO", "PPOAttention", "PPOAttentionConfig", "PPOConfig", "PPOLSTM",
+           "PPOLSTMConfig", "PPOMemory", "PPOMemoryConfig", "PPOHierarchicalMemory", "PPOHierarchicalMemoryConfig",
+           "ppo_loss"]
 
 
 @dataclasses.dataclass
@@ -124,6 +128,31 @@ class PPOHierarchicalMemoryConfig(PPOMemoryConfig):
     read: str = "hierarchical"
 
 
+#: RL Baselines3 Zoo's PPO hyperparameters for the classic-control tasks it lists, as this config's fields:
+#: hyperparams/ppo.yml of DLR-RM/rl-baselines3-zoo at commit 22e3ff2450fd92033f7f032915e1f64894a09584
+#: (2026-04-23), with SB3's PPO defaults (lr 3e-4 and clip 0.2, both constant; minibatches of 64; vf_coef 0.5;
+#: gradient norm 0.5; Adam eps 1e-5; [64, 64] tanh MLPs) where a row does not set a value. RL-Zoo's names ->
+#: ours: learning_rate -> lr (with lr_schedule "linear" for lin_), clip_range (+ clip_schedule), n_timesteps ->
+#: steps (the book budget's run length). Not carried over: ``normalize: true`` of MountainCar-v0 and Acrobot-v1
+#: (VecNormalize: running normalisation of observations and rewards, which the companion's PPO does not have).
+#: Not here: Pendulum-v1 (continuous actions; the companion's actors are categorical) and LunarLander-v3 (needs
+#: Box2D, not a dependency of the companion). These rows are PPO's own: A2C and PPO's memory variants keep their
+#: family presets.
+CLASSIC_CONTROL: dict[str, EnvPreset] = {
+    # RL-Zoo: "tuned"; its 1e5 steps are not taken (steps=0): the book budget keeps the family's 50k, as the
+    # chapter-3 runs had. The family default of "gym" and "popgym".
+    "CartPole-v1": EnvPreset(steps=0, settings=dict(
+        n_envs=8, n_steps=32, batch_size=256, n_epochs=20, lr=1e-3, lr_schedule="linear", gamma=0.98,
+        gae_lambda=0.8, clip_range=0.2, clip_schedule="linear", ent_coef=0.0)),
+    "MountainCar-v0": EnvPreset(steps=1_000_000, settings=dict(
+        n_envs=16, n_steps=16, batch_size=64, n_epochs=4, lr=3e-4, lr_schedule="constant", gamma=0.99,
+        gae_lambda=0.98, clip_range=0.2, clip_schedule="constant", ent_coef=0.0)),
+    "Acrobot-v1": EnvPreset(steps=1_000_000, settings=dict(
+        n_envs=16, n_steps=256, batch_size=64, n_epochs=4, lr=3e-4, lr_schedule="constant", gamma=0.99,
+        gae_lambda=0.94, clip_range=0.2, clip_schedule="constant", ent_coef=0.0)),
+}
+
+
 def ppo_loss(logits: Tensor, values: Tensor, actions: Tensor, old_log_probs: Tensor, old_values: Tensor,
              advantages: Tensor, returns: Tensor, *, clip_range: float | None, clip_range_vf: float, normalize: bool,
              vf_coef: float, ent_coef: float) -> tuple[Tensor, dict[str, float]]:
@@ -169,15 +198,16 @@ class PPO(ActorCriticAgent):
     """PPO with separate actor and critic MLPs on the current observation (or a frame stack)."""
 
     Config = PPOConfig
+    ENV_PRESETS = CLASSIC_CONTROL
 
     @classmethod
     def preset(cls, family: str) -> PPOConfig:
+        """The env family's settings; for PPO itself, an env with a row in :data:`CLASSIC_CONTROL` takes that row."""
         if family in ("gym", "popgym"):
             # RL Baselines3 Zoo's tuned CartPole-v1 settings (hyperparams/ppo.yml; the same for CartPoleNoVel in
             # ppo_lstm.yml): 8 envs x 32 steps, one minibatch of 256, 20 epochs, lr 1e-3 and clip 0.2 annealed
             # linearly, gamma 0.98, lambda 0.8, no entropy bonus; SB3's defaults for the rest.
-            return cls.Config(n_envs=8, n_steps=32, batch_size=256, n_epochs=20, lr=1e-3, gamma=0.98,
-                              gae_lambda=0.8, clip_range=0.2, ent_coef=0.0)
+            return cls.Config(**CLASSIC_CONTROL["CartPole-v1"].settings)
         if family in ("MinAtar", "ALE"):
             # RL-Zoo's Atari PPO (hyperparams/ppo.yml), as in CleanRL's ppo_atari (Huang et al. 2022, "The 37
             # implementation details of PPO"): 8 envs x 128 steps, 4 minibatches, 4 epochs, lr 2.5e-4 and clip 0.1
