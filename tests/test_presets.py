@@ -104,11 +104,11 @@ def test_the_tables_are_not_inherited():
     """A2C and PPO's memory variants learn otherwise than PPO: PPO's rows are not theirs."""
     for algo in ("a2c", "ppo-lstm", "ppo-attn", "ppo-memory", "ppo-hmemory"):
         assert AGENTS[algo].env_preset("Acrobot-v1") is None
-        _, agent = build_config(algo, "Acrobot-v1")
+        _, agent = build_config(algo, "Acrobot-v1", budget="book")  # the preset itself, unscaled
         assert agent == AGENTS[algo].preset("gym")
         assert fallback_note(algo, "Acrobot-v1").startswith(f"{algo}: no preset for Acrobot-v1;")
     for algo in ("drqn", "sadqn", "nec"):
-        _, agent = build_config(algo, "MountainCar-v0")
+        _, agent = build_config(algo, "MountainCar-v0", budget="book")
         assert agent == AGENTS[algo].preset("gym")
         assert fallback_note(algo, "MountainCar-v0").startswith(f"{algo}: no preset for MountainCar-v0;")
 
