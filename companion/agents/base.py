@@ -146,7 +146,8 @@ class Agent(ABC):
     loop: ClassVar[str]
     #: whether :meth:`act` carries a state from step to step (a recurrent state, a context of observations)
     recurrent: ClassVar[bool] = False
-    #: this class's own presets for single envs, by env id (:meth:`env_preset`); most agents have none
+    #: this class's own presets for single envs, by env id (:meth:`~companion.agents.base.Agent.env_preset`);
+    #: most agents have none
     ENV_PRESETS: ClassVar[Mapping[str, EnvPreset]] = {}
 
     def __init__(self, obs_shape: tuple[int, ...], n_actions: int, config: Any, device: torch.device) -> None:

@@ -12,8 +12,8 @@ Implementation details, CleanRL-style:
 6. Epsilon-greedy exploration, linear from ``eps_start`` to ``eps_end``; acting skips the forward
    pass when it explores.
 
-Presets: the classic-control tasks that RL Baselines3 Zoo tunes have their own (:data:`CLASSIC_CONTROL`); any
-other env takes its family's (:meth:`DQN.preset`).
+Presets: the classic-control tasks that RL Baselines3 Zoo tunes have their own
+(:data:`~companion.agents.dqn.CLASSIC_CONTROL`); any other env takes its family's (:meth:`DQN.preset`).
 """
 
 from __future__ import annotations
@@ -84,7 +84,8 @@ class DQN(QAgent):
 
     @classmethod
     def preset(cls, family: str) -> DQNConfig:
-        """The env family's settings; an env with a row in :data:`CLASSIC_CONTROL` takes that row instead."""
+        """The env family's settings; an env with a row in :data:`~companion.agents.dqn.CLASSIC_CONTROL` takes that
+        row instead."""
         if family in ("gym", "popgym"):
             # RL Baselines3 Zoo's tuned CartPole-v1 settings, for every env of the family without its own.
             return DQNConfig(**CLASSIC_CONTROL["CartPole-v1"].settings)

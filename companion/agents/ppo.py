@@ -29,8 +29,9 @@ advantage normalisation (Huang et al. 2022, "A2C is a special case of PPO"): the
 at the gradient step, the clip never binds, and the gradient is A2C's ``-A_t grad log pi(a_t|h_t)``. Its
 preset is RL-Zoo's (5 steps, RMSprop, lambda = 1).
 
-PPO's presets: the classic-control tasks that RL-Zoo lists have their own (:data:`CLASSIC_CONTROL`); any other
-env takes its family's (:meth:`PPO.preset`). The presets take RL-Zoo's *hyperparameters*; the networks are the
+PPO's presets: the classic-control tasks that RL-Zoo lists have their own
+(:data:`~companion.agents.ppo.CLASSIC_CONTROL`); any other env takes its family's (:meth:`PPO.preset`). The
+presets take RL-Zoo's *hyperparameters*; the networks are the
 companion's. (RL-Zoo's ``ppo_lstm``
 entry for CartPoleNoVel also normalises observations and rewards and gives the critic its own LSTM of
 64; ``ppo-lstm`` here shares one LSTM of 128 between the heads and normalises nothing.)
@@ -132,7 +133,7 @@ class PPOHierarchicalMemoryConfig(PPOMemoryConfig):
 #: hyperparams/ppo.yml of DLR-RM/rl-baselines3-zoo at commit 22e3ff2450fd92033f7f032915e1f64894a09584
 #: (2026-04-23), with SB3's PPO defaults (lr 3e-4 and clip 0.2, both constant; minibatches of 64; vf_coef 0.5;
 #: gradient norm 0.5; Adam eps 1e-5; [64, 64] tanh MLPs) where a row does not set a value. RL-Zoo's names ->
-#: ours: learning_rate -> lr (with lr_schedule "linear" for lin_), clip_range (+ clip_schedule), n_timesteps ->
+#: ours: learning_rate -> lr (with lr_schedule "linear" for ``lin_``), clip_range (+ clip_schedule), n_timesteps ->
 #: steps (the book budget's run length). Not carried over: ``normalize: true`` of MountainCar-v0 and Acrobot-v1
 #: (VecNormalize: running normalisation of observations and rewards, which the companion's PPO does not have).
 #: Not here: Pendulum-v1 (continuous actions; the companion's actors are categorical) and LunarLander-v3 (needs
