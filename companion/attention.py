@@ -38,6 +38,7 @@ __all__ = [
     "AdditiveAttention",
     "ChunkCache",
     "EpisodicMemory",
+    "GRUGate",
     "HierarchicalAttention",
     "HierarchicalMemory",
     "HierarchicalWeights",
@@ -371,9 +372,42 @@ class AdditiveAttention(nn.Module):
 # --------------------------------------------------------------------------------------------------
 # A transformer block, and attention over a sliding window of the past
 # --------------------------------------------------------------------------------------------------
+class GRUGate(nn.Module):
+    """The gated residual of GTrXL (Parisotto et al. 2020, eq. 4-7): ``g(x, y)`` in place of ``x + y``::
+
+        r = sigmoid(W_r y + U_r x)
+        z = sigmoid(W_z y + U_z x - b_g)
+        h = tanh(W_g y + U_g (r * x))
+        g(x, y) = (1 - z) * x + z * h
+
+    ``x`` ``(..., E)`` is the residual stream, ``y`` ``(..., E)`` the sublayer's output. With the bias
+    ``b_g > 0`` the update gate starts mostly closed (``z`` about ``sigmoid(-b_g)``: 0.12 at the paper's
+    ``b_g = 2``), so a freshly built block passes its input on nearly unchanged and the network starts
+    close to a Markov (one-observation) policy, which Parisotto et al. credit for stable RL training.
+    """
+
+    def __init__(self, d_model: int, gate_bias: float = 2.0) -> None:
+        super().__init__()
+        self.w = nn.Linear(d_model, 3 * d_model, bias=False)  # W_r, W_z, W_g on y
+        self.u_rz = nn.Linear(d_model, 2 * d_model, bias=False)  # U_r, U_z on x
+        self.u_g = nn.Linear(d_model, d_model, bias=False)  # U_g on r * x
+        self.gate_bias = gate_bias
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        wr, wz, wg = self.w(y).chunk(3, dim=-1)  # each (..., E)
+        ur, uz = self.u_rz(x).chunk(2, dim=-1)
+        r = torch.sigmoid(wr + ur)
+        z = torch.sigmoid(wz + uz - self.gate_bias)
+        h = torch.tanh(wg + self.u_g(r * x))
+        return (1 - z) * x + z * h
+
+
 class TransformerBlock(nn.Module):
     """A pre-norm transformer block: ``x + MHA(LN(x))``, then ``x + MLP(LN(x))`` (the GPT-2 arrangement;
     pre-norm keeps the residual path an identity, which makes deep stacks train without warm-up).
+
+    With ``gated=True`` each residual sum becomes GTrXL's gate (Parisotto et al. 2020):
+    ``x = g(x, relu(MHA(LN(x))))``, then ``g(x, relu(MLP(LN(x))))``, with :class:`GRUGate`.
 
     :meth:`forward` reads a whole sequence at once (training); :meth:`step` computes one new position
     from cached keys and values of the earlier ones (acting), and equals the matching row of
@@ -381,7 +415,8 @@ class TransformerBlock(nn.Module):
     are built from it.
     """
 
-    def __init__(self, d_model: int, num_heads: int, mlp_ratio: int = 4, dropout: float = 0.0) -> None:
+    def __init__(self, d_model: int, num_heads: int, mlp_ratio: int = 4, dropout: float = 0.0,
+                 gated: bool = False, gate_bias: float = 2.0) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(d_model)
         self.attention = MultiHeadAttention(d_model, num_heads, dropout=dropout)
@@ -389,14 +424,21 @@ class TransformerBlock(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(d_model, mlp_ratio * d_model), nn.GELU(),
                                  nn.Linear(mlp_ratio * d_model, d_model), nn.Dropout(dropout))
         self.dropout = nn.Dropout(dropout)
+        self.gate1 = GRUGate(d_model, gate_bias) if gated else None
+        self.gate2 = GRUGate(d_model, gate_bias) if gated else None
+
+    @staticmethod
+    def _residual(gate: GRUGate | None, x: Tensor, y: Tensor) -> Tensor:
+        """``x + y``, or the gate ``g(x, relu(y))``."""
+        return x + y if gate is None else gate(x, torch.relu(y))
 
     def forward(self, x: Tensor, mask: Tensor | None = None,
                 need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
         """``x`` ``(B, T, E)`` -> ``(B, T, E)``, and the weights ``(B, H, T, T)`` if asked for."""
         h = self.norm1(x)
         attended, weights = self.attention(h, h, h, mask=mask, need_weights=need_weights)
-        x = x + self.dropout(attended)
-        return x + self.mlp(self.norm2(x)), weights
+        x = self._residual(self.gate1, x, self.dropout(attended))
+        return self._residual(self.gate2, x, self.mlp(self.norm2(x))), weights
 
     def step(self, x: Tensor, past_k: Tensor, past_v: Tensor, mask: Tensor | None = None,
              need_weights: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
@@ -414,8 +456,8 @@ class TransformerBlock(nn.Module):
         k, v = self.attention.project_key_value(h, h)  # (B, H, 1, d_head)
         keys, values = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)  # (B, H, S+1, d_head)
         attended, weights = self.attention.attend(h, keys, values, mask, need_weights)  # (B, 1, E)
-        x = x + self.dropout(attended[:, 0])
-        return x + self.mlp(self.norm2(x)), k, v, weights
+        x = self._residual(self.gate1, x, self.dropout(attended[:, 0]))
+        return self._residual(self.gate2, x, self.mlp(self.norm2(x))), k, v, weights
 
 
 def window_mask(episode_starts: Tensor, window: int, lag_bias: Tensor | None = None, min_lag: int = 0) -> Tensor:

@@ -56,6 +56,7 @@ class SequenceBatch:
     next_obs: np.ndarray  # (B, T, *obs_shape)
     terminated: np.ndarray  # (B, T) bool
     mask: np.ndarray  # (B, T) bool: False after the window's episode has ended (padding)
+    states: np.ndarray | None = None  # (B, S) float32: the agent's stored state at each window's start (R2D2)
     indices: np.ndarray | None = None  # (B,) int64: the slots the windows start at (prioritized replay only)
     weights: np.ndarray | None = None  # (B,) float32: importance-sampling weights (prioritized replay only)
     td_errors: np.ndarray | None = None  # (B,): each window's TD error (window_td_error), left by the agent's loss
@@ -163,14 +164,31 @@ class SequenceReplayBuffer(ReplayBuffer):
     agent starts each from a zero recurrent state: Hausknecht & Stone's random updates). ``mask`` is
     True up to and including the transition that ends the window's first episode, and False after it.
     An agent with burn-in draws ``burn_in + seq_len`` and trains only on the last ``seq_len`` positions.
+
+    With ``state_size > 0`` the buffer also keeps, per transition, the recurrent state the agent acted
+    from (R2D2's stored state, Kapturowski et al. 2019: :meth:`add_state` after each :meth:`add`), and a
+    batch carries the state at each window's first step (``states`` ``(B, state_size)``), so the agent can
+    start the window from it instead of from zeros.
     """
 
     def __init__(self, capacity: int, obs_shape: tuple[int, ...], obs_dtype: np.dtype | type = np.float32,
-                 *, seq_len: int, seed: int | None = None) -> None:
+                 *, seq_len: int, state_size: int = 0, seed: int | None = None) -> None:
         super().__init__(capacity, obs_shape, obs_dtype, seed=seed)
         if not 1 <= seq_len < capacity:
             raise ValueError(f"seq_len must lie in [1, capacity={capacity}), got {seq_len}")
+        if state_size < 0:
+            raise ValueError(f"state_size must be >= 0, got {state_size}")
         self.seq_len = seq_len
+        self.states = np.zeros((capacity, state_size), np.float32) if state_size else None
+
+    def add_state(self, state: np.ndarray) -> None:
+        """Store the recurrent state ``(state_size,)`` the agent acted from at the transition just added."""
+        if self.states is None:
+            raise ValueError("this buffer keeps no states: build it with state_size > 0")
+        state = np.asarray(state, np.float32).reshape(-1)
+        if state.shape != self.states.shape[1:]:
+            raise ValueError(f"expected a state of size {self.states.shape[1]}, got {state.size}")
+        self.states[(self.pos - 1) % self.capacity] = state
 
     def can_sample(self) -> bool:
         return self._valid_count() >= self.seq_len
@@ -189,8 +207,25 @@ class SequenceReplayBuffer(ReplayBuffer):
         ended = self.ended[idx]  # (B, T)
         # Valid up to the first end of episode, inclusive: the number of ends strictly before t is 0.
         mask = np.cumsum(ended, axis=1) - ended == 0
+        states = None if self.states is None else self.states[first]  # (B, S)
         return SequenceBatch(self.obs[idx], self.actions[idx], self.rewards[idx], self._next_obs(idx),
-                             self.terminated[idx], mask)
+                             self.terminated[idx], mask, states=states)
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        if self.states is not None:
+            state["states"] = torch.from_numpy(self.states)
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        if ("states" in state) != (self.states is not None):
+            raise ValueError("replay state and buffer disagree on stored recurrent states (R2D2's stored_state)")
+        super().load_state_dict(state)
+        if self.states is not None:
+            if tuple(state["states"].shape) != self.states.shape:
+                raise ValueError(f"replay state holds states {tuple(state['states'].shape)}, "
+                                 f"this buffer {self.states.shape}")
+            self.states[...] = state["states"].numpy()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -485,8 +520,10 @@ class PrioritizedSequenceReplayBuffer(PrioritizedReplayBuffer, SequenceReplayBuf
     """
 
     def __init__(self, capacity: int, obs_shape: tuple[int, ...], obs_dtype: np.dtype | type = np.float32,
-                 *, seq_len: int, alpha: float = 0.6, eps: float = 1e-6, seed: int | None = None) -> None:
-        super().__init__(capacity, obs_shape, obs_dtype, alpha=alpha, eps=eps, seed=seed, seq_len=seq_len)
+                 *, seq_len: int, state_size: int = 0, alpha: float = 0.6, eps: float = 1e-6,
+                 seed: int | None = None) -> None:
+        super().__init__(capacity, obs_shape, obs_dtype, alpha=alpha, eps=eps, seed=seed, seq_len=seq_len,
+                         state_size=state_size)
 
     @property
     def _span(self) -> int:

@@ -29,7 +29,8 @@ from companion.buffers import (
 )
 
 __all__ = ["Agent", "DQNRMSprop", "EnvPreset", "QAgent", "QLearningConfig", "SequenceTensors", "linear_schedule",
-           "make_optimizer", "masked_mean", "replay_loss", "schedule_step", "sequence_td", "sequence_tensors",
+           "lr_scheduled", "make_optimizer", "masked_mean", "replay_loss", "schedule_step",
+           "scheduled_lr", "sequence_td", "sequence_tensors",
            "td_loss"]
 
 
@@ -45,6 +46,9 @@ class QLearningConfig:
     lr: float = 1e-3
     lr_end: float = 0.0  # if > 0, the learning rate anneals linearly from lr to lr_end ...
     lr_decay_steps: int = 0  # ... over this many env steps
+    # if > 0, the learning rate rises linearly from 0 over this many env steps after learning_starts (a warm-up,
+    # as transformers are usually trained; Parisotto et al. 2020 discuss why RL transformers need it)
+    lr_warmup: int = 0
     # "adam", "rmsprop_dqn" (centred RMSProp as DQN's and DARQN's Lua code: alpha 0.95, 0.01 inside the square
     # root, :class:`DQNRMSprop`) or "rmsprop_centered" (PyTorch's centred RMSprop: the 0.01 outside the root)
     optimizer: str = "adam"
@@ -92,6 +96,8 @@ class QLearningConfig:
         for name in ("batch_size", "buffer_size", "train_freq", "gradient_steps", "target_update"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr_warmup < 0:
+            raise ValueError(f"lr_warmup must be >= 0, got {self.lr_warmup}")
         for name in ("priority_alpha", "priority_beta", "priority_eta"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
@@ -127,6 +133,23 @@ def schedule_step(config: QLearningConfig, step: int) -> int:
     if config.anneal_after_learning_starts:
         return max(0, step - config.learning_starts)
     return step
+
+
+def lr_scheduled(config: QLearningConfig) -> bool:
+    """Whether the config's learning rate changes over the run (annealing or warm-up)."""
+    return (config.lr_end > 0 and config.lr_decay_steps > 0) or config.lr_warmup > 0
+
+
+def scheduled_lr(config: QLearningConfig, step: int) -> float:
+    """The learning rate at env step ``step``: ``lr`` annealed linearly to ``lr_end`` over ``lr_decay_steps``
+    (if both are set; from step 0 or from ``learning_starts``, :func:`schedule_step`), times the warm-up factor
+    ``min(1, (step - learning_starts) / lr_warmup)`` if ``lr_warmup`` is set."""
+    lr = config.lr
+    if config.lr_end > 0 and config.lr_decay_steps > 0:
+        lr = linear_schedule(config.lr, config.lr_end, config.lr_decay_steps, schedule_step(config, step))
+    if config.lr_warmup > 0:
+        lr *= min(1.0, max(0, step - config.learning_starts) / config.lr_warmup)
+    return lr
 
 
 class Agent(ABC):
@@ -182,6 +205,16 @@ class Agent(ABC):
     def initial_state(self) -> Any:
         """The state :meth:`act` starts an episode from (``None`` for feed-forward agents)."""
         return None
+
+    @property
+    def replay_state_size(self) -> int:
+        """How many floats of the acting state replay keeps per transition (R2D2's stored state); 0: none."""
+        return 0
+
+    def replay_state(self, state: Any) -> np.ndarray:
+        """The acting state :meth:`act` was given (``None`` at an episode start) as ``(replay_state_size,)``
+        floats, for replay to keep (only called when :attr:`replay_state_size` is positive)."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no state in replay")
 
     @abstractmethod
     def act(self, obs: np.ndarray, state: Any, epsilon: float, rng: np.random.Generator) -> tuple[int, Any]:
@@ -362,6 +395,8 @@ class QAgent(Agent):
         kwargs: dict[str, Any] = {"seed": seed}
         if self.sequence_replay:
             kwargs["seq_len"] = c.burn_in + c.seq_len
+            if self.replay_state_size:
+                kwargs["state_size"] = self.replay_state_size
         if not c.prioritized:
             cls = SequenceReplayBuffer if self.sequence_replay else ReplayBuffer
         else:
@@ -375,13 +410,12 @@ class QAgent(Agent):
 
     def set_step(self, step: int, total_steps: int = 0) -> None:
         """Told the env step (and the run's length) before each burst of updates: anneals the learning rate
-        if the config says so, and with prioritized replay the IS exponent :attr:`beta`, linearly from
+        (and warms it up) if the config says so, and with prioritized replay the IS exponent :attr:`beta`, linearly from
         ``priority_beta`` at step 0 to 1 at ``total_steps`` (Schaul et al. 2016; 0: beta stays as it is)."""
         c = self.config
-        if c.lr_end > 0 and c.lr_decay_steps > 0:
-            lr = linear_schedule(c.lr, c.lr_end, c.lr_decay_steps, schedule_step(c, step))
+        if lr_scheduled(c):
             for group in self.optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = scheduled_lr(c, step)
         if c.prioritized and total_steps > 0:
             self.beta = linear_schedule(c.priority_beta, 1.0, total_steps, step)
 

@@ -8,6 +8,11 @@ Implementation details:
    :class:`~companion.buffers.SequenceReplayBuffer`, each unrolled from a **zero** state. Positions
    after the window's episode ended are masked out of the loss. An optional ``burn_in`` prefix only
    warms the state up (no loss), as in R2D2 (Kapturowski et al. 2019).
+   With ``stored_state=True`` (R2D2's stored state) replay keeps the LSTM state ``(h, c)`` the agent
+   acted from at every step, and each window is unrolled from the state stored at its first step (by
+   the network as it was then: "stale", which the burn-in refreshes) instead of from zeros. While
+   acting, the state runs through whole episodes (500 steps on CartPole); a window started from zeros
+   in the middle of an episode is a situation the acting network never meets.
 4. The TD loss is applied at every (unmasked) position. The targets unroll the target network over
    the same window shifted by one step, ``[o_0, o_1', ..., o_T']`` (the ``o'`` are next observations),
    so that the value of ``o_t'`` is computed with the state that has seen the window up to it.
@@ -39,6 +44,7 @@ class DRQNConfig(QLearningConfig):
     lstm_size: int = 128
     seq_len: int = 16  # positions trained on per window
     burn_in: int = 0  # extra leading positions that only warm up the state
+    stored_state: bool = False  # R2D2: unroll each window from the state stored when acting, not from zeros
 
 
 class RecurrentQNetwork(nn.Module):
@@ -91,6 +97,27 @@ class DRQN(QAgent):
     def initial_state(self) -> LSTMState | None:
         return None  # nn.LSTM reads None as zeros
 
+    @property
+    def replay_state_size(self) -> int:
+        """``2 * lstm_size`` floats (``h`` then ``c``) with ``stored_state``, else 0."""
+        return 2 * self.config.lstm_size if self.config.stored_state else 0
+
+    def replay_state(self, state: LSTMState | None) -> np.ndarray:
+        """``(h, c)`` as one ``(2 * lstm_size,)`` array; zeros for ``None`` (an episode's start)."""
+        if state is None:
+            return np.zeros(self.replay_state_size, np.float32)
+        return torch.cat([state[0].reshape(-1), state[1].reshape(-1)]).cpu().numpy()
+
+    def _window_state(self, batch: SequenceBatch) -> LSTMState | None:
+        """The state each window is unrolled from: the stored one ``(1, B, H)`` twice, or ``None`` (zeros)."""
+        if not self.config.stored_state:
+            return None
+        if batch.states is None:
+            raise ValueError("stored_state is set, but the batch carries no states")
+        states = torch.as_tensor(batch.states, device=self.device)  # (B, 2H)
+        h, c = states.chunk(2, dim=1)
+        return h[None].contiguous(), c[None].contiguous()
+
     def act(self, obs: np.ndarray, state: LSTMState | None, epsilon: float,
             rng: np.random.Generator) -> tuple[int, LSTMState]:
         # The state must see every observation, so the forward pass runs even when exploring.
@@ -103,8 +130,9 @@ class DRQN(QAgent):
     def loss(self, batch: SequenceBatch) -> tuple[torch.Tensor, dict[str, float]]:
         """The TD loss averaged over the unmasked positions after the burn-in, and scalars to log."""
         seq = sequence_tensors(batch, self.config, self.device, self.config.burn_in)
-        q_all, _ = self.q(seq.inputs)  # (B, T+1, A), from a zero state
+        start = self._window_state(batch)  # None: a zero state
+        q_all, _ = self.q(seq.inputs, start)  # (B, T+1, A)
         with torch.no_grad():
-            next_q = self.target(seq.inputs)[0][:, 1:]  # (B, T, A)
+            next_q = self.target(seq.inputs, start)[0][:, 1:]  # (B, T, A)
         loss, _, q_taken = sequence_td(q_all[:, :-1], q_all[:, 1:], next_q, seq, self.config)
         return loss, {"q": seq.masked_mean(q_taken.detach()).item()}

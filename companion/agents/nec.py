@@ -86,7 +86,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from companion.agents.base import Agent, QLearningConfig, linear_schedule, make_optimizer, schedule_step, td_loss
+from companion.agents.base import (
+    Agent,
+    QLearningConfig,
+    lr_scheduled,
+    make_optimizer,
+    scheduled_lr,
+    td_loss,
+)
 from companion.networks import make_encoder
 
 __all__ = ["DND", "NEC", "NECBatch", "NECConfig", "NECNetwork", "NStepReplay"]
@@ -481,8 +488,8 @@ class NEC(Agent):
         """Anneals both learning rates by the same factor if the config says so (``total_steps``, which the
         loop passes for prioritized replay's beta, is not needed: NEC replays uniformly)."""
         c = self.config
-        if c.lr_end > 0 and c.lr_decay_steps > 0:
-            factor = linear_schedule(c.lr, c.lr_end, c.lr_decay_steps, schedule_step(c, step)) / c.lr
+        if lr_scheduled(c):
+            factor = scheduled_lr(c, step) / c.lr
             for optimizer, lr in ((self.optimizer, c.lr), (self.dnd_optimizer, c.dnd_lr)):
                 for group in optimizer.param_groups:
                     group["lr"] = lr * factor

@@ -54,6 +54,8 @@ class SADQNConfig(QLearningConfig):
     num_layers: int = 2
     mlp_ratio: int = 4
     dropout: float = 0.0
+    gated: bool = False  # GTrXL's gated residuals (Parisotto et al. 2020) in place of x + sublayer(x)
+    gate_bias: float = 2.0  # ... and their gate's initial bias b_g (the update gate starts near closed)
     positions: str = "learned"  # "learned" or "sinusoidal"
     seq_len: int = 16  # training window; the acting context holds up to burn_in + seq_len observations
     burn_in: int = 0
@@ -72,7 +74,8 @@ class SADQNConfig(QLearningConfig):
 
 
 def _blocks(c: SADQNConfig) -> nn.ModuleList:
-    return nn.ModuleList(TransformerBlock(c.d_model, c.num_heads, c.mlp_ratio, c.dropout) for _ in range(c.num_layers))
+    return nn.ModuleList(TransformerBlock(c.d_model, c.num_heads, c.mlp_ratio, c.dropout, c.gated, c.gate_bias)
+                         for _ in range(c.num_layers))
 
 
 class HistoryQNetwork(nn.Module):

@@ -5,7 +5,8 @@ SA-DQN. Per environment step:
 
 1. act with epsilon annealed linearly from ``eps_start`` to ``eps_end`` over ``eps_fraction`` of the run
    (from step 0, or from ``learning_starts`` with ``anneal_after_learning_starts``, as the Lua code did);
-2. store ``(o, a, r, o', terminated, truncated)`` in the agent's replay buffer;
+2. store ``(o, a, r, o', terminated, truncated)`` in the agent's replay buffer (and, for an agent that
+   keeps its acting state in replay, R2D2-style, the state it acted from);
 3. after ``learning_starts`` steps, every ``train_freq`` steps, take ``gradient_steps`` updates (from
    uniform or prioritized replay: the agent's config picks its buffer, and its update anneals beta);
 4. every ``target_update`` steps, copy the online network into the target network;
@@ -61,11 +62,15 @@ def run(ctx: LoopContext) -> LoopResult:
     episode_return, episode_length = 0.0, 0
     interrupted = False
     bar = ctx.progress
+    stores_states = agent.replay_state_size > 0
     while step < ctx.total_steps:
         epsilon = linear_schedule(c.eps_start, c.eps_end, eps_duration, schedule_step(c, step))
+        acted_from = recurrent_state
         action, recurrent_state = agent.act(obs, recurrent_state, epsilon, explore_rng)
         next_obs, reward, terminated, truncated, _ = env.step(action)
         buffer.add(obs, action, reward, next_obs, terminated, truncated)
+        if stores_states:
+            buffer.add_state(agent.replay_state(acted_from))
         obs = next_obs
         step += 1
         episode_return += float(reward)
