@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from companion.agents import AGENTS, DQN, DRQN, DQNConfig, DRQNConfig
+from companion.agents.base import lr_scheduled, scheduled_lr
 from companion.buffers import SequenceBatch, TransitionBatch
 
 CPU = torch.device("cpu")
@@ -114,6 +115,59 @@ def test_drqn_loss_ignores_masked_positions_and_burn_in():
     assert not torch.allclose(agent.loss(batch)[0], burned)
 
 
+def test_drqn_replay_state_is_h_then_c_and_zeros_at_an_episode_start():
+    assert DRQN((3,), 2, DRQNConfig(hidden=(8,), lstm_size=16), CPU).replay_state_size == 0  # off by default
+    agent = DRQN((3,), 2, DRQNConfig(hidden=(8,), lstm_size=16, stored_state=True), CPU)
+    assert agent.replay_state_size == 32
+    zeros = agent.replay_state(None)
+    assert zeros.shape == (32,) and zeros.dtype == np.float32 and not zeros.any()
+    rng = np.random.default_rng(0)
+    _, state = agent.act(np.ones(3, np.float32), None, 0.0, rng)
+    h, c = state  # (1, 1, 16) each
+    stored = agent.replay_state(state)
+    assert stored.shape == (32,) and stored.dtype == np.float32
+    np.testing.assert_array_equal(stored, np.concatenate([h.reshape(-1).numpy(), c.reshape(-1).numpy()]))
+    assert not np.array_equal(stored[:16], stored[16:])  # h and c are different halves
+
+
+def test_drqn_stored_state_starts_both_unrolls_from_the_batch_states():
+    """R2D2's stored state: the online and the target network unroll each window from ``batch.states``
+    (split into h and c); with states that are all zeros the loss is the zero-state loss, and without
+    stored_state the batch's states are ignored."""
+    torch.manual_seed(0)
+    agent = DRQN((3,), 2, DRQNConfig(hidden=(8,), lstm_size=16, stored_state=True), CPU)
+    with torch.no_grad():
+        for p in agent.target.parameters():
+            p.add_(0.1 * torch.randn_like(p))  # the target differs from the online network
+    batch = _sequences()
+    states = np.random.default_rng(1).normal(size=(4, 32)).astype(np.float32)
+    batch.states = states
+    seen = {}
+    hooks = [net.register_forward_pre_hook(lambda module, args, name=name: seen.__setitem__(name, args[1]))
+             for name, net in (("q", agent.q), ("target", agent.target))]
+    loss, _ = agent.loss(batch)
+    for h in hooks:
+        h.remove()
+    for name in ("q", "target"):
+        h, c = seen[name]
+        assert h.shape == c.shape == (1, 4, 16), name
+        np.testing.assert_array_equal(h[0].numpy(), states[:, :16])
+        np.testing.assert_array_equal(c[0].numpy(), states[:, 16:])
+    batch.states = states + 1.0
+    assert not torch.allclose(agent.loss(batch)[0], loss)  # other stored states, another loss
+    batch.states = np.zeros_like(states)
+    from_zeros, _ = agent.loss(batch)
+    agent.config.stored_state = False
+    torch.testing.assert_close(from_zeros, agent.loss(batch)[0])
+    batch.states = states  # without stored_state the states are ignored
+    torch.testing.assert_close(agent.loss(batch)[0], from_zeros)
+    batch.states = None
+    torch.testing.assert_close(agent.loss(batch)[0], from_zeros)
+    agent.config.stored_state = True
+    with pytest.raises(ValueError, match="carries no states"):
+        agent.loss(batch)
+
+
 def test_registry_and_presets():
     assert set(AGENTS) >= {"dqn", "drqn", "darqn", "sadqn", "sadqn-entity"}
     image_only = {"darqn", "sadqn-entity"}  # attention over image locations
@@ -130,3 +184,35 @@ def test_registry_and_presets():
             cls.preset("mujoco")
     with pytest.raises(ValueError, match="loss"):
         DQNConfig(loss="l1").validate()
+
+
+@pytest.mark.parametrize(("fields", "expected"), [
+    # warm-up only: 0 up to learning_starts (100), then linear to lr over lr_warmup (50) steps
+    (dict(lr_warmup=50), {0: 0.0, 100: 0.0, 110: 2e-4, 125: 5e-4, 150: 1e-3, 1000: 1e-3}),
+    # decay only: from step 0, 1e-3 to 1e-4 over 200 steps
+    (dict(lr_end=1e-4, lr_decay_steps=200), {0: 1e-3, 100: 5.5e-4, 125: 4.375e-4, 200: 1e-4, 1000: 1e-4}),
+    # both: the decay's value times the warm-up factor
+    (dict(lr_end=1e-4, lr_decay_steps=200, lr_warmup=50),
+     {0: 0.0, 100: 0.0, 125: 4.375e-4 * 0.5, 150: 3.25e-4, 200: 1e-4, 1000: 1e-4}),
+    # both, the decay counted from learning_starts as the Lua code did (the warm-up always is)
+    (dict(lr_end=1e-4, lr_decay_steps=200, lr_warmup=50, anneal_after_learning_starts=True),
+     {0: 0.0, 100: 0.0, 125: 8.875e-4 * 0.5, 150: 7.75e-4, 300: 1e-4, 1000: 1e-4}),
+    # neither: constant (lr_end without lr_decay_steps schedules nothing)
+    (dict(), {0: 1e-3, 500: 1e-3}),
+    (dict(lr_end=1e-4), {0: 1e-3, 500: 1e-3}),
+])
+def test_scheduled_lr_by_hand_and_set_step_applies_it(fields, expected):
+    config = DQNConfig(hidden=(8,), lr=1e-3, learning_starts=100, **fields)
+    config.validate()
+    assert lr_scheduled(config) == ("lr_warmup" in fields or "lr_decay_steps" in fields)
+    agent = DQN((4,), 2, config, CPU)
+    for step, lr in expected.items():
+        assert scheduled_lr(config, step) == pytest.approx(lr, abs=1e-12), step
+        agent.set_step(step)
+        assert agent.optimizer.param_groups[0]["lr"] == pytest.approx(lr, abs=1e-12), step
+
+
+def test_negative_lr_warmup_is_refused():
+    with pytest.raises(ValueError, match="lr_warmup must be >= 0, got -1"):
+        DQNConfig(lr_warmup=-1).validate()
+

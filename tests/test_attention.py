@@ -313,11 +313,12 @@ def test_positional_modules_add_positions_and_check_length():
 
 
 # -- the transformer block's cached step, and the sliding window (chapters 3 and 7) -------------------
-def test_block_step_with_cached_keys_equals_the_row_of_the_whole_sequence():
+@pytest.mark.parametrize("gated", [False, True])
+def test_block_step_with_cached_keys_equals_the_row_of_the_whole_sequence(gated):
     from companion.attention import TransformerBlock
 
     torch.manual_seed(0)
-    block = TransformerBlock(16, 4, mlp_ratio=2)
+    block = TransformerBlock(16, 4, mlp_ratio=2, gated=gated, gate_bias=0.0)  # bias 0: the gates mix half-open
     x = torch.randn(2, 7, 16)
     bias = torch.randn(4, 3)
     starts = torch.zeros(2, 7, dtype=torch.bool)
@@ -335,6 +336,82 @@ def test_block_step_with_cached_keys_equals_the_row_of_the_whole_sequence():
     torch.testing.assert_close(out, whole[:, t])
     torch.testing.assert_close(k_t, k[:, :, t:t + 1])
     assert weights[1, :, 0, 0].eq(0).all() and torch.allclose(weights.sum(-1), torch.ones(2, 4, 1))
+
+
+def test_gru_gate_equals_its_equations_written_out_from_its_weights():
+    """GTrXL's gate (Parisotto et al. 2020): r, z, h and (1 - z) * x + z * h from the weight matrices."""
+    from companion.attention import GRUGate
+
+    gate = GRUGate(8, gate_bias=1.5).double()
+    x, y = torch.randn(3, 5, 8, dtype=torch.float64), torch.randn(3, 5, 8, dtype=torch.float64)
+    w_r, w_z, w_g = gate.w.weight.split(8)  # each (E, E), applied as y @ W.T
+    u_r, u_z = gate.u_rz.weight.split(8)
+    r = torch.sigmoid(y @ w_r.T + x @ u_r.T)
+    z = torch.sigmoid(y @ w_z.T + x @ u_z.T - 1.5)
+    h = torch.tanh(y @ w_g.T + (r * x) @ gate.u_g.weight.T)
+    with torch.no_grad():
+        torch.testing.assert_close(gate(x, y), (1 - z) * x + z * h, **TOL[torch.float64])
+    assert [name for name, _ in gate.named_parameters()] == ["w.weight", "u_rz.weight", "u_g.weight"]  # no biases
+    # Zero weights: z = sigmoid(-b_g) everywhere and h = 0, so the gate scales x by 1 - sigmoid(-b_g).
+    with torch.no_grad():
+        for p in gate.parameters():
+            p.zero_()
+        torch.testing.assert_close(gate(x, y), (1 - torch.sigmoid(torch.tensor(-1.5, dtype=torch.float64))) * x)
+
+
+def test_a_large_gate_bias_closes_the_gate_and_the_gated_block_passes_its_input_on():
+    from companion.attention import GRUGate, TransformerBlock
+
+    x, y = torch.randn(2, 6, 16), torch.randn(2, 6, 16) * 3
+    with torch.no_grad():
+        assert torch.equal(GRUGate(16, gate_bias=200.0)(x, y), x)  # z = sigmoid(-200) is 0 in float32
+        assert not torch.allclose(GRUGate(16, gate_bias=0.0)(x, y), x)
+        block = TransformerBlock(16, 4, mlp_ratio=2, gated=True, gate_bias=200.0)
+        out, _ = block(x, causal_mask(6))
+        torch.testing.assert_close(out, x)
+        stepped, *_ = block.step(x[:, 0], torch.zeros(2, 4, 0, 4), torch.zeros(2, 4, 0, 4))
+        torch.testing.assert_close(stepped, x[:, 0])
+
+
+def test_gated_block_gates_the_relu_of_each_sublayer():
+    """GTrXL's block: x = g1(x, relu(MHA(LN(x)))), then g2(x, relu(MLP(LN(x)))), in place of the sums."""
+    from companion.attention import TransformerBlock
+
+    block = TransformerBlock(16, 4, mlp_ratio=2, gated=True, gate_bias=0.0)
+    x = torch.randn(2, 5, 16)
+    with torch.no_grad():
+        out, _ = block(x, causal_mask(5))
+        h = block.norm1(x)
+        mid = block.gate1(x, torch.relu(block.attention(h, h, h, mask=causal_mask(5))[0]))
+        torch.testing.assert_close(out, block.gate2(mid, torch.relu(block.mlp(block.norm2(mid)))))
+
+
+def test_ungated_block_is_the_plain_pre_norm_block_with_no_gate_parameters():
+    """gated=False (the default) keeps the block as it was: the same parameters (nothing for the gates in
+    the state dict, so saved SA-DQN policies still load) and x + MHA(LN(x)), then x + MLP(LN(x))."""
+    from companion.attention import GRUGate, TransformerBlock
+
+    torch.manual_seed(0)
+    block = TransformerBlock(16, 4, mlp_ratio=2)
+    assert block.gate1 is None and block.gate2 is None
+    assert not any(isinstance(m, GRUGate) for m in block.modules())
+    plain_keys = {"norm1.weight", "norm1.bias", "norm2.weight", "norm2.bias", "mlp.0.weight", "mlp.0.bias",
+                  "mlp.2.weight", "mlp.2.bias"}
+    keys = set(block.state_dict())
+    assert plain_keys <= keys and all(k.startswith("attention.") for k in keys - plain_keys)
+    torch.manual_seed(0)
+    gated = TransformerBlock(16, 4, mlp_ratio=2, gated=True)
+    gate_keys = {k for k in gated.state_dict() if k.startswith(("gate1.", "gate2."))}
+    assert gate_keys and set(gated.state_dict()) - gate_keys == keys
+    # The gates are built last: under the same seed every other parameter is the ungated block's.
+    assert all(torch.equal(gated.state_dict()[k], v) for k, v in block.state_dict().items())
+    x = torch.randn(2, 5, 16)
+    with torch.no_grad():
+        out, _ = block(x, causal_mask(5))
+        h = block.norm1(x)
+        mid = x + block.attention(h, h, h, mask=causal_mask(5))[0]
+        torch.testing.assert_close(out, mid + block.mlp(block.norm2(mid)))
+        assert not torch.allclose(gated(x, causal_mask(5))[0], out)
 
 
 def test_window_mask_is_causal_windowed_and_stops_at_episode_starts():

@@ -7,13 +7,21 @@ import torch
 from companion.buffers import ReplayBuffer, SequenceReplayBuffer
 
 
-def fill(buffer, n_steps, episode_length, truncate=False):
-    """Episodes of ``episode_length`` steps; obs at step t is t, the last obs of an episode is -(t+1)."""
+def fill(buffer, n_steps, episode_length, truncate=False, states=False):
+    """Episodes of ``episode_length`` steps; obs at step t is t, the last obs of an episode is -(t+1);
+    with ``states``, the stored state of step t is :func:`state_at` ``(t)``."""
     for t in range(n_steps):
         ends = (t + 1) % episode_length == 0
         next_obs = np.full(buffer.obs_shape, -(t + 1) if ends else t + 1, np.float32)
         buffer.add(np.full(buffer.obs_shape, t, np.float32), t % 3, float(t), next_obs,
                    terminated=ends and not truncate, truncated=ends and truncate)
+        if states:
+            buffer.add_state(state_at(t))
+
+
+def state_at(t):
+    """A recurrent state (3 floats) that names the step it was stored at."""
+    return np.array([t, -t, 0.5 * t], np.float32)
 
 
 def test_transitions_are_consistent_after_wraparound():
@@ -73,17 +81,63 @@ def test_sequence_buffer_needs_enough_transitions():
         buffer.sample(2)
 
 
-@pytest.mark.parametrize("cls", [ReplayBuffer, SequenceReplayBuffer])
-def test_state_dict_round_trip_continues_identically(cls, tmp_path):
+@pytest.mark.parametrize(("cls", "state_size"), [(ReplayBuffer, 0), (SequenceReplayBuffer, 0),
+                                                  (SequenceReplayBuffer, 3)])
+def test_state_dict_round_trip_continues_identically(cls, state_size, tmp_path):
     kwargs = {"seq_len": 4} if cls is SequenceReplayBuffer else {}
+    if state_size:
+        kwargs["state_size"] = state_size
     a = cls(30, (3,), np.float32, seed=5, **kwargs)
-    fill(a, 47, episode_length=6)
+    fill(a, 47, episode_length=6, states=bool(state_size))
+    assert ("states" in a.state_dict()) == bool(state_size)
     path = tmp_path / "replay.pt"
     torch.save(a.state_dict(), path)
     b = cls(30, (3,), np.float32, seed=99, **kwargs)
     b.load_state_dict(torch.load(path, weights_only=True))
+    if state_size:
+        np.testing.assert_array_equal(a.states, b.states)
     for buffer in (a, b):
-        fill(buffer, 3, episode_length=6)
+        fill(buffer, 3, episode_length=6, states=bool(state_size))
     batch_a, batch_b = a.sample(64), b.sample(64)
+    assert (getattr(batch_a, "states", None) is not None) == bool(state_size)
     for field in vars(batch_a):
         np.testing.assert_array_equal(getattr(batch_a, field), getattr(batch_b, field))
+
+
+def test_windows_carry_the_state_stored_at_their_first_step_also_after_wraparound():
+    """R2D2's stored state: add_state keeps the state for the transition just added, in its slot, and a
+    window's ``states`` row is the one stored at its first step (never its last, nor a neighbour's)."""
+    buffer = SequenceReplayBuffer(11, (2,), np.float32, seq_len=4, state_size=3, seed=0)
+    fill(buffer, 40, episode_length=6, states=True)  # 40 adds into 11 slots: the ring wrapped 3 times
+    for t in range(40 - 11, 40):
+        np.testing.assert_array_equal(buffer.states[t % 11], state_at(t))
+    batch = buffer.sample(300)
+    first = batch.obs[:, 0, 0].astype(int)  # the step each window starts at
+    assert batch.states.shape == (300, 3) and batch.states.dtype == np.float32
+    assert set(first) == set(range(40 - 10, 40 - 3))  # every valid start, across the seam
+    np.testing.assert_array_equal(batch.states, np.stack([state_at(t) for t in first]))
+    plain = SequenceReplayBuffer(11, (2,), np.float32, seq_len=4, seed=0)
+    fill(plain, 40, episode_length=6)
+    assert plain.states is None and plain.sample(5).states is None
+
+
+def test_stored_states_are_checked():
+    buffer = SequenceReplayBuffer(10, (1,), seq_len=3, state_size=3)
+    fill(buffer, 2, episode_length=5)
+    with pytest.raises(ValueError, match="expected a state of size 3, got 4"):
+        buffer.add_state(np.zeros(4, np.float32))
+    buffer.add_state(torch.arange(3.0).reshape(1, 1, 3).numpy())  # any shape with 3 floats
+    np.testing.assert_array_equal(buffer.states[1], [0, 1, 2])
+    plain = SequenceReplayBuffer(10, (1,), seq_len=3)
+    fill(plain, 2, episode_length=5)
+    with pytest.raises(ValueError, match="keeps no states"):
+        plain.add_state(np.zeros(3, np.float32))
+    with pytest.raises(ValueError, match="state_size must be >= 0"):
+        SequenceReplayBuffer(10, (1,), seq_len=3, state_size=-1)
+    # A checkpoint and a buffer that disagree on stored states refuse to load, both ways, and so do sizes.
+    with pytest.raises(ValueError, match="disagree on stored recurrent states"):
+        buffer.load_state_dict(plain.state_dict())
+    with pytest.raises(ValueError, match="disagree on stored recurrent states"):
+        plain.load_state_dict(buffer.state_dict())
+    with pytest.raises(ValueError, match=r"holds states \(10, 3\), this buffer \(10, 5\)"):
+        SequenceReplayBuffer(10, (1,), seq_len=3, state_size=5).load_state_dict(buffer.state_dict())

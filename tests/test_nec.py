@@ -417,6 +417,23 @@ def test_policy_network_holds_the_memory():
     agent.sync_target()  # nothing to do, and nothing breaks
 
 
+def test_set_step_warms_up_and_anneals_both_learning_rates_by_the_same_factor():
+    """The embedding's optimizer follows scheduled_lr (shared with the Q agents), SparseAdam's dnd_lr the same
+    factor: the warm-up from learning_starts times the linear decay."""
+    from companion.agents.base import scheduled_lr
+
+    agent = _agent(lr=1e-3, dnd_lr=1e-2, learning_starts=10, lr_warmup=20, lr_end=1e-4, lr_decay_steps=100)
+    c = agent.config
+    for step, factor in ((0, 0.0), (10, 0.0), (15, 0.25 * 0.865), (30, 0.73), (60, 0.46), (500, 0.1)):
+        assert scheduled_lr(c, step) == pytest.approx(1e-3 * factor), step
+        agent.set_step(step)
+        assert all(g["lr"] == pytest.approx(1e-3 * factor) for g in agent.optimizer.param_groups), step
+        assert all(g["lr"] == pytest.approx(1e-2 * factor) for g in agent.dnd_optimizer.param_groups), step
+    plain = _agent(lr=1e-3, dnd_lr=1e-2)
+    plain.set_step(500)  # nothing scheduled: both stay
+    assert plain.optimizer.param_groups[0]["lr"] == 1e-3 and plain.dnd_optimizer.param_groups[0]["lr"] == 1e-2
+
+
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [("n_step", 0, "n_step must be >= 1"), ("num_neighbors", 0, "num_neighbors must be >= 1"),

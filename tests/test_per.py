@@ -31,12 +31,15 @@ from companion.train import build_config, train
 CPU = torch.device("cpu")
 
 
-def fill(buffer, n_steps, episode_length=1_000_000, start=0):
-    """Transitions whose observation and reward are the step t at which they were added."""
+def fill(buffer, n_steps, episode_length=1_000_000, start=0, states=False):
+    """Transitions whose observation and reward are the step t at which they were added (and with
+    ``states``, whose stored recurrent state is ``(t, -t)``)."""
     for t in range(start, start + n_steps):
         ends = (t + 1) % episode_length == 0
         buffer.add(np.full(buffer.obs_shape, t, np.float32), 0, float(t),
                    np.full(buffer.obs_shape, t + 1, np.float32), terminated=ends, truncated=False)
+        if states:
+            buffer.add_state(np.array([t, -t], np.float32))
 
 
 def priorities(buffer):
@@ -256,6 +259,35 @@ def test_slots_that_are_not_valid_samples_are_never_drawn():
         ends = (t + 1) % 7 == 0
         mask = np.cumsum(ends, axis=1) - ends == 0
         np.testing.assert_array_equal(batch.mask, mask)
+
+
+def test_prioritized_windows_carry_their_stored_states_through_wraparound_and_checkpoints(tmp_path):
+    """R2D2's stored state with prioritized windows: each window's ``states`` row is the one stored at its
+    start slot (``batch.indices``), the states survive a state_dict round trip, and a checkpoint without
+    states does not load into a buffer that keeps them (nor the reverse)."""
+    a = PrioritizedSequenceReplayBuffer(13, (1,), seq_len=4, state_size=2, alpha=1.0, seed=3)
+    fill(a, 50, episode_length=7, states=True)  # 50 steps in 13 slots
+    a.update_priorities(a.sample(16).indices, np.random.default_rng(0).random(16) * 3)
+    torch.save(a.state_dict(), tmp_path / "replay.pt")
+    b = PrioritizedSequenceReplayBuffer(13, (1,), seq_len=4, state_size=2, alpha=1.0, seed=99)
+    b.load_state_dict(torch.load(tmp_path / "replay.pt", weights_only=True))
+    np.testing.assert_array_equal(a.states, b.states)
+    for buffer in (a, b):
+        fill(buffer, 3, episode_length=7, start=50, states=True)
+    batch_a, batch_b = a.sample(64, beta=0.7), b.sample(64, beta=0.7)
+    for field in vars(batch_a):
+        np.testing.assert_array_equal(getattr(batch_a, field), getattr(batch_b, field))
+    t = batch_a.obs[:, 0, 0]  # each window's first step
+    assert t.min() >= 53 - 12
+    np.testing.assert_array_equal(batch_a.states, np.stack([t, -t], axis=1))
+    np.testing.assert_array_equal(batch_a.states, a.states[batch_a.indices])
+    plain = PrioritizedSequenceReplayBuffer(13, (1,), seq_len=4, alpha=1.0, seed=3)
+    fill(plain, 20)
+    assert plain.sample(4).states is None
+    with pytest.raises(ValueError, match="disagree on stored recurrent states"):
+        a.load_state_dict(plain.state_dict())
+    with pytest.raises(ValueError, match="disagree on stored recurrent states"):
+        plain.load_state_dict(a.state_dict())
 
 
 def test_update_priorities_checks_its_input():

@@ -141,6 +141,29 @@ def test_entity_variant_shapes_and_weights():
         EntitySADQN((4,), 2, config, CPU)
 
 
+def test_gated_config_reaches_every_block_and_is_off_by_default():
+    """GTrXL's gates (SADQNConfig.gated, gate_bias) in each block of both variants; none by default, so the
+    default networks' parameters are the ungated ones."""
+    from companion.attention import GRUGate
+
+    assert not any(isinstance(m, GRUGate) for m in _agent().q.modules())
+    assert not any(".gate" in k for k in _agent().q.state_dict())
+    agent = _agent(gated=True, gate_bias=3.0)
+    entity = EntitySADQN((4, 10, 10), 3, dataclasses.replace(EntitySADQN.preset("MinAtar"), gated=True,
+                                                             gate_bias=3.0), CPU)
+    for each in (agent, entity):
+        assert len(each.q.blocks) == each.config.num_layers
+        for block in each.q.blocks:
+            assert isinstance(block.gate1, GRUGate) and isinstance(block.gate2, GRUGate)
+            assert block.gate1.gate_bias == block.gate2.gate_bias == 3.0
+    q, _ = agent.q(torch.randn(2, 5, 2))
+    assert q.shape == (2, 5, 2) and torch.isfinite(q).all()
+    rng = np.random.default_rng(0)
+    state = None
+    for o in rng.normal(size=(4, 2)).astype(np.float32):  # acting runs through the gated blocks too
+        _, state = agent.act(o, state, 0.0, rng)
+
+
 def test_config_errors():
     with pytest.raises(ValueError, match="multiple of num_heads"):
         SADQNConfig(d_model=30, num_heads=4).validate()

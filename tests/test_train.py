@@ -18,8 +18,10 @@ QUICK = dict(budget="quick", total_steps=1200, overrides={"eval_every": 600, "le
                                                           "train_freq": 4, "gradient_steps": 1})
 
 
-def _run(tmp_path, name, algo="dqn", env_id="CartPole-v1", stop_at=None, prioritized=False, **fields):
-    quick = {**QUICK, "overrides": {**QUICK["overrides"], "prioritized": True}} if prioritized else QUICK
+def _run(tmp_path, name, algo="dqn", env_id="CartPole-v1", stop_at=None, prioritized=False, overrides=None,
+         **fields):
+    quick = {**QUICK, "overrides": {**QUICK["overrides"], **({"prioritized": True} if prioritized else {}),
+                                    **(overrides or {})}}
     run, agent = build_config(algo, env_id, seed=3, **quick, **fields)
     return train(run, agent, tmp_path / name, show_progress=False, stop_at=stop_at)
 
@@ -50,11 +52,14 @@ def test_same_seed_gives_identical_records(tmp_path):
         assert filecmp.cmp(tmp_path / "a" / name, tmp_path / "b" / name, shallow=False), name
 
 
-@pytest.mark.parametrize(("algo", "prioritized"), [("dqn", False), ("drqn", False), ("dqn", True), ("drqn", True)])
-def test_resume_equals_an_uninterrupted_run(tmp_path, algo, prioritized):
+@pytest.mark.parametrize(("algo", "prioritized", "overrides"), [
+    ("dqn", False, {}), ("drqn", False, {}), ("dqn", True, {}), ("drqn", True, {}),
+    ("drqn", False, {"stored_state": True}),  # R2D2's stored states travel in replay.pt
+], ids=["dqn", "drqn", "dqn-per", "drqn-per", "drqn-stored-state"])
+def test_resume_equals_an_uninterrupted_run(tmp_path, algo, prioritized, overrides):
     fields = {"hide": (1, 3)} if algo == "drqn" else {}
-    whole = _run(tmp_path, "whole", algo, prioritized=prioritized, **fields)
-    part = _run(tmp_path, "part", algo, stop_at=500, prioritized=prioritized, **fields)
+    whole = _run(tmp_path, "whole", algo, prioritized=prioritized, overrides=overrides, **fields)
+    part = _run(tmp_path, "part", algo, stop_at=500, prioritized=prioritized, overrides=overrides, **fields)
     assert part.interrupted and 500 <= part.steps < 1200
     resumed = train(None, None, tmp_path / "part", resume=True, show_progress=False)
     assert resumed.steps == 1200 and not resumed.interrupted
@@ -63,10 +68,38 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, algo, prioritized):
     for p, q in zip(whole.agent.q.parameters(), resumed.agent.q.parameters(), strict=True):
         assert torch.equal(p, q)
     assert RunDir(tmp_path / "part").meta()["resumed"] == 1
+    a = torch.load(tmp_path / "whole" / "replay.pt", weights_only=True)
+    b = torch.load(tmp_path / "part" / "replay.pt", weights_only=True)
     if prioritized:  # the priorities continue exactly too
-        a = torch.load(tmp_path / "whole" / "replay.pt", weights_only=True)
-        b = torch.load(tmp_path / "part" / "replay.pt", weights_only=True)
         assert torch.equal(a["priorities"], b["priorities"]) and a["max_priority"] == b["max_priority"]
+    assert ("states" in a) == ("states" in b) == bool(overrides.get("stored_state"))
+    if "states" in a:  # and so do the stored states
+        assert torch.equal(a["states"], b["states"]) and a["states"].abs().sum() > 0
+
+
+def test_drqn_replay_keeps_the_state_each_step_was_acted_from(tmp_path):
+    """R2D2's stored state through the loop: slot i holds the LSTM state the agent acted from at step i (the
+    state before reading obs[i], zeros at an episode's first step), so unrolling the network from states[i]
+    over obs[i] gives states[i + 1] within an episode. learning_starts lies past the run: the weights that
+    acted are the final ones."""
+    run, config = build_config("drqn", "CartPole-v1", seed=3, budget="quick", total_steps=300,
+                               overrides={"eval_every": 300, "eval_episodes": 1, "stored_state": True,
+                                          "lstm_size": 16})
+    config.learning_starts = 10_000
+    result = train(run, config, tmp_path / "run", show_progress=False)
+    replay = torch.load(tmp_path / "run" / "replay.pt", weights_only=True)
+    n = int(replay["pos"])
+    assert n == 300 and not replay["full"]
+    states, obs, ended = replay["states"][:n], replay["obs"][:n], replay["ended"][:n].numpy()
+    assert states.shape == (300, 32) and ended.sum() >= 3  # several episodes
+    first = np.flatnonzero(np.concatenate([[True], ended[:-1]]))  # each episode's first step
+    assert states[first].eq(0).all()
+    assert states[np.setdiff1d(np.arange(n), first)].abs().sum(1).gt(0).all()  # within an episode: not zeros
+    inside = np.flatnonzero(~ended[:-1])  # i and i + 1 in one episode
+    h, c = states[inside].chunk(2, dim=1)
+    with torch.no_grad():
+        _, (h_next, c_next) = result.agent.q(obs[inside][:, None], (h[None].contiguous(), c[None].contiguous()))
+    torch.testing.assert_close(torch.cat([h_next[0], c_next[0]], dim=1), states[inside + 1], atol=1e-6, rtol=1e-5)
 
 
 def test_checkpoint_loads_with_weights_only_and_rebuilds_the_agent(tmp_path):
