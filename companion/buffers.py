@@ -220,11 +220,11 @@ class SequenceReplayBuffer(ReplayBuffer):
     def load_state_dict(self, state: dict) -> None:
         if ("states" in state) != (self.states is not None):
             raise ValueError("replay state and buffer disagree on stored recurrent states (R2D2's stored_state)")
+        if self.states is not None and tuple(state["states"].shape) != self.states.shape:
+            raise ValueError(f"replay state holds states {tuple(state['states'].shape)}, "
+                             f"this buffer {self.states.shape}")
         super().load_state_dict(state)
         if self.states is not None:
-            if tuple(state["states"].shape) != self.states.shape:
-                raise ValueError(f"replay state holds states {tuple(state['states'].shape)}, "
-                                 f"this buffer {self.states.shape}")
             self.states[...] = state["states"].numpy()
 
 
