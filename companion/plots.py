@@ -20,8 +20,8 @@ import numpy as np
 from companion.records import RunDir
 
 __all__ = ["Curve", "aggregate", "compare_tasks", "delay_sweep_table", "finished_runs", "first_solved", "group_runs",
-           "load_curve", "plot_curves", "plot_delay_sweep", "stored_record", "summarize", "summary_table",
-           "summary_tables", "t_interval", "update_summary"]
+           "load_curve", "plot_curves", "plot_delay_sweep", "plot_value_ceiling", "stored_record", "summarize",
+           "summary_table", "summary_tables", "t_interval", "update_summary"]
 
 # t(0.975, df) for df = 1..30; beyond, the normal 1.96 is within 2%.
 _T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
@@ -127,6 +127,42 @@ def plot_curves(groups: dict[str, Sequence[str | Path]], ax=None, kind: str = "e
     ax.set_ylabel(ylabels.get(kind, kind.split(":")[-1].replace("_", " ")))
     if title:
         ax.set_title(title)
+    ax.legend(fontsize="small")
+    return ax
+
+
+def plot_value_ceiling(runs: dict[str, str | Path], ax=None, max_reward: float = 1.0):
+    """Each run's mean Q-value on its replayed batches (``updates.csv``'s ``q``) against the ceiling that its
+    target copies allow (:func:`companion.agents.base.target_copy_ceiling`, dashed, same colour), and the value
+    of never failing, ``max_reward / (1 - gamma)`` (dotted). Book chapter 2.3.
+
+    Args:
+        runs: ``{label: run directory}`` of Q-learning runs that logged ``q``.
+    """
+    import matplotlib.pyplot as plt
+
+    from companion.agents.base import target_copy_ceiling
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 4))
+    gammas = set()
+    for label, run in runs.items():
+        config = RunDir(run).config()["agent"]
+        updates = RunDir(run).updates()
+        if "q" not in updates:
+            raise ValueError(f"{run} logged no Q-values (updates.csv has no 'q' column)")
+        steps = np.concatenate([[0.0], updates["step"]])
+        (line,) = ax.plot(updates["step"], updates["q"], label=f"{label}: mean Q")
+        ceiling = target_copy_ceiling(steps, config["learning_starts"], config["target_update"], config["gamma"],
+                                      max_reward)
+        ax.plot(steps, ceiling, "--", color=line.get_color(),
+                label=f"ceiling, a copy every {config['target_update']} steps")
+        gammas.add(config["gamma"])
+    for gamma in sorted(gammas):
+        ax.axhline(max_reward / (1 - gamma), color="gray", linestyle=":",
+                   label=f"never failing: 1/(1-gamma) = {max_reward / (1 - gamma):.0f}")
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel("Q-value")
     ax.legend(fontsize="small")
     return ax
 

@@ -185,3 +185,38 @@ def test_delay_sweep_table_formats_each_cell():
     assert lines[1] == "memory " + "".join(f"{cell:>24s}" for cell in cells)
     assert lines[2].endswith(f"{'-':>24s}") and lines[3].split() == ["none", "-", "-"]
     assert delay_sweep_table(_sweep_rates(), width=10).splitlines()[1].startswith("memory    " + " ")
+
+
+def test_target_copy_ceiling_by_hand():
+    from companion.agents.base import target_copy_ceiling
+
+    steps = np.array([0, 1999, 2000, 2999, 3000, 4500, 12000])
+    got = target_copy_ceiling(steps, learning_starts=2000, target_update=1000, gamma=0.9, max_reward=2.0)
+    copies = np.array([0, 0, 0, 0, 1, 2, 10])  # copies made since learning started
+    np.testing.assert_allclose(got, [2.0 * sum(0.9**k for k in range(n)) for n in copies])
+    assert target_copy_ceiling(10**9, 0, 1, 0.99) == pytest.approx(100.0)  # the never-failing value
+    # Chapter 2's numbers: DRQN's copy every 1000 steps leaves 62.7 of 100 at 100k steps, every 250 leaves 98.1.
+    assert target_copy_ceiling(100_000, 2000, 1000, 0.99) == pytest.approx(62.65, abs=0.01)
+    assert target_copy_ceiling(100_000, 2000, 250, 0.99) == pytest.approx(98.05, abs=0.01)
+    for bad in ({"target_update": 0, "gamma": 0.99}, {"target_update": 10, "gamma": 1.0}):
+        with pytest.raises(ValueError):
+            target_copy_ceiling(100, 0, **bad)
+
+
+def test_plot_value_ceiling(tmp_path):
+    from companion.plots import plot_value_ceiling
+
+    run = RunDir.create(tmp_path / "r", {"run": {"algo": "drqn"}, "agent": {"learning_starts": 100,
+                                                                             "target_update": 50, "gamma": 0.5}})
+    run.append_updates(200, {"loss": 0.1, "q": 1.2})
+    run.append_updates(300, {"loss": 0.1, "q": 1.6})
+    ax = plot_value_ceiling({"a run": run.path})
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    np.testing.assert_allclose(lines["a run: mean Q"].get_ydata(), [1.2, 1.6])
+    np.testing.assert_allclose(lines["ceiling, a copy every 50 steps"].get_ydata(), [0.0, 1.5, 1.875])
+    assert lines["never failing: 1/(1-gamma) = 2"].get_ydata()[0] == pytest.approx(2.0)
+    bare = RunDir.create(tmp_path / "b", {"run": {"algo": "drqn"}, "agent": {"learning_starts": 0,
+                                                                              "target_update": 1, "gamma": 0.5}})
+    bare.append_updates(10, {"loss": 0.1})
+    with pytest.raises(ValueError, match="no Q-values"):
+        plot_value_ceiling({"bare": bare.path})

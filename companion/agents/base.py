@@ -30,7 +30,7 @@ from companion.buffers import (
 
 __all__ = ["Agent", "DQNRMSprop", "EnvPreset", "QAgent", "QLearningConfig", "SequenceTensors", "linear_schedule",
            "lr_scheduled", "make_optimizer", "masked_mean", "replay_loss", "schedule_step",
-           "scheduled_lr", "sequence_td", "sequence_tensors",
+           "scheduled_lr", "sequence_td", "sequence_tensors", "target_copy_ceiling",
            "td_loss"]
 
 
@@ -125,6 +125,32 @@ def linear_schedule(start: float, end: float, duration: int, step: int) -> float
     if duration <= 0:
         return end
     return end + (start - end) * max(0.0, 1.0 - step / duration)
+
+
+def target_copy_ceiling(steps: Any, learning_starts: int, target_update: int, gamma: float,
+                        max_reward: float = 1.0) -> np.ndarray:
+    """The most a Q-value can have grown by env step ``steps`` under hard target copies (book chapter 2.3).
+
+    The online network regresses on ``r + gamma * Q_target(s', a')``. If every target value is at most ``M``
+    and every reward at most ``r_max``, the regression targets are at most ``r_max + gamma * M``; a network
+    that fits its targets without overshooting them is then at most that too, and the next copy passes the
+    bound on. From values near 0, after ``n`` copies made since learning started::
+
+        Q <= r_max * (1 + gamma + ... + gamma^(n-1)) = r_max * (1 - gamma^n) / (1 - gamma)
+
+    where ``n = floor((steps - learning_starts) / target_update)`` (0 before learning starts). It is a
+    ceiling on how fast values can rise, not a prediction: approximation can overshoot it a little.
+
+    Args:
+        steps: env steps, a number or an array.
+
+    Returns:
+        The ceiling at each of ``steps`` (an array of their shape).
+    """
+    if target_update < 1 or not 0 <= gamma < 1:
+        raise ValueError(f"need target_update >= 1 and 0 <= gamma < 1, got {target_update}, {gamma}")
+    copies = np.floor(np.maximum(np.asarray(steps, float) - learning_starts, 0.0) / target_update)
+    return max_reward * (1.0 - gamma ** copies) / (1.0 - gamma)
 
 
 def schedule_step(config: QLearningConfig, step: int) -> int:
