@@ -381,9 +381,12 @@ class GRUGate(nn.Module):
         g(x, y) = (1 - z) * x + z * h
 
     ``x`` ``(..., E)`` is the residual stream, ``y`` ``(..., E)`` the sublayer's output. With the bias
-    ``b_g > 0`` the update gate starts mostly closed (``z`` about ``sigmoid(-b_g)``: 0.12 at the paper's
-    ``b_g = 2``), so a freshly built block passes its input on nearly unchanged and the network starts
-    close to a Markov (one-observation) policy, which Parisotto et al. credit for stable RL training.
+    ``b_g > 0`` the update gate starts mostly closed (``z`` about ``sigmoid(-b_g)``, 0.12 at the paper's
+    ``b_g = 2``, while ``W_z y + U_z x`` is small), so a freshly built block passes its input on nearly
+    unchanged and the network starts close to a Markov (one-observation) policy, which Parisotto et al.
+    credit for stable RL training. One difference: here ``b_g`` is a fixed number, where the paper
+    initialises a bias per layer (and implementations learn it); the gate can still open through
+    ``W_z y + U_z x``.
     """
 
     def __init__(self, d_model: int, gate_bias: float = 2.0) -> None:

@@ -190,10 +190,15 @@ def test_delay_sweep_table_formats_each_cell():
 def test_target_copy_ceiling_by_hand():
     from companion.agents.base import target_copy_ceiling
 
-    steps = np.array([0, 1999, 2000, 2999, 3000, 4500, 12000])
+    steps = np.array([0, 1999, 2000, 2001, 2999, 3000, 3001, 4500, 12000])
     got = target_copy_ceiling(steps, learning_starts=2000, target_update=1000, gamma=0.9, max_reward=2.0)
-    copies = np.array([0, 0, 0, 0, 1, 2, 10])  # copies made since learning started
-    np.testing.assert_allclose(got, [2.0 * sum(0.9**k for k in range(n)) for n in copies])
+    # Terms of the sum: 0 before any update; then 1 + the copies of a trained network made before step s
+    # (the copy at a multiple of 1000 follows that step's updates).
+    terms = np.array([0, 0, 0, 1, 1, 1, 2, 3, 10])
+    np.testing.assert_allclose(got, [2.0 * sum(0.9**k for k in range(n)) for n in terms])
+    # Copies counted by the loop's clock, not from learning_starts: DARQN's ALE preset learns from 25k and
+    # copies every 10k, so one trained copy (at 30k) precedes step 30,001 and two precede 40,001.
+    np.testing.assert_allclose(target_copy_ceiling([30_000, 30_001, 40_001], 25_000, 10_000, 0.5), [1, 1.5, 1.75])
     assert target_copy_ceiling(10**9, 0, 1, 0.99) == pytest.approx(100.0)  # the never-failing value
     # Chapter 2's numbers: DRQN's copy every 1000 steps leaves 62.7 of 100 at 100k steps, every 250 leaves 98.1.
     assert target_copy_ceiling(100_000, 2000, 1000, 0.99) == pytest.approx(62.65, abs=0.01)

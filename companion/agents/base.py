@@ -47,7 +47,7 @@ class QLearningConfig:
     lr_end: float = 0.0  # if > 0, the learning rate anneals linearly from lr to lr_end ...
     lr_decay_steps: int = 0  # ... over this many env steps
     # if > 0, the learning rate rises linearly from 0 over this many env steps after learning_starts (a warm-up,
-    # as transformers are usually trained; Parisotto et al. 2020 discuss why RL transformers need it)
+    # as transformers are usually trained; offered to SA-DQN, book chapter 2.3)
     lr_warmup: int = 0
     # "adam", "rmsprop_dqn" (centred RMSProp as DQN's and DARQN's Lua code: alpha 0.95, 0.01 inside the square
     # root, :class:`DQNRMSprop`) or "rmsprop_centered" (PyTorch's centred RMSprop: the 0.01 outside the root)
@@ -129,28 +129,41 @@ def linear_schedule(start: float, end: float, duration: int, step: int) -> float
 
 def target_copy_ceiling(steps: Any, learning_starts: int, target_update: int, gamma: float,
                         max_reward: float = 1.0) -> np.ndarray:
-    """The most a Q-value can have grown by env step ``steps`` under hard target copies (book chapter 2.3).
+    """The most the online network's Q-values can have grown by env step ``steps`` under hard target copies
+    (book chapter 2.3).
 
-    The online network regresses on ``r + gamma * Q_target(s', a')``. If every target value is at most ``M``
-    and every reward at most ``r_max``, the regression targets are at most ``r_max + gamma * M``; a network
-    that fits its targets without overshooting them is then at most that too, and the next copy passes the
-    bound on. From values near 0, after ``n`` copies made since learning started::
+    The online network regresses on ``r + gamma * Q_target(s', a')`` (with Double DQN the target network
+    values an action the online network chose, which is no more than its max). If every target value is at
+    most ``M`` and every reward at most ``r_max``, the regression targets are at most ``r_max + gamma * M``;
+    a network that fits its targets without overshooting them, at every input the target will later read,
+    is then at most that too, and the next copy hands the bound on. The target network starts as a copy of
+    an untrained network, with values near 0 (in general its largest value ``M_0`` adds ``gamma^n * M_0``).
+    After ``n`` copies of a trained network, the target is at most ``r_max (1 - gamma^n) / (1 - gamma)``,
+    and the online network, regressing towards the next copy, at most one term more::
 
-        Q <= r_max * (1 + gamma + ... + gamma^(n-1)) = r_max * (1 - gamma^n) / (1 - gamma)
+        Q_online <= r_max * (1 + gamma + ... + gamma^n) = r_max * (1 - gamma^(n+1)) / (1 - gamma)
 
-    where ``n = floor((steps - learning_starts) / target_update)`` (0 before learning starts). It is a
-    ceiling on how fast values can rise, not a prediction: approximation can overshoot it a little.
+    The off-policy loop (:mod:`companion.loops.off_policy`) updates after ``learning_starts`` and copies
+    after the updates of every step that is a multiple of ``target_update``; at step ``s`` (after its
+    updates, before its copy) ``n`` counts the multiples of ``target_update`` in ``(learning_starts, s)``.
+    Before learning starts the ceiling is 0. It bounds every value, so a mean of values (the ``q`` that the
+    agents log) lies below it; it limits how fast values can rise and is not a prediction, and approximation
+    (generalisation, Adam's momentum) can overshoot it a little.
 
     Args:
         steps: env steps, a number or an array.
+        max_reward: the largest reward of one step (CartPole's 1); for tasks with negative rewards the
+            bound says little.
 
     Returns:
         The ceiling at each of ``steps`` (an array of their shape).
     """
     if target_update < 1 or not 0 <= gamma < 1:
         raise ValueError(f"need target_update >= 1 and 0 <= gamma < 1, got {target_update}, {gamma}")
-    copies = np.floor(np.maximum(np.asarray(steps, float) - learning_starts, 0.0) / target_update)
-    return max_reward * (1.0 - gamma ** copies) / (1.0 - gamma)
+    steps = np.asarray(steps, float)
+    copies = np.maximum(np.floor((steps - 1) / target_update) - np.floor(learning_starts / target_update), 0.0)
+    ceiling = max_reward * (1.0 - gamma ** (copies + 1)) / (1.0 - gamma)
+    return np.where(steps > learning_starts, ceiling, 0.0)
 
 
 def schedule_step(config: QLearningConfig, step: int) -> int:

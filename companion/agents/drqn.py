@@ -7,12 +7,16 @@ Implementation details:
 3. Learning uses "random updates": windows of ``seq_len`` consecutive transitions from
    :class:`~companion.buffers.SequenceReplayBuffer`, each unrolled from a **zero** state. Positions
    after the window's episode ended are masked out of the loss. An optional ``burn_in`` prefix only
-   warms the state up (no loss), as in R2D2 (Kapturowski et al. 2019).
+   warms the state up (no loss on it), as in R2D2 (Kapturowski et al. 2019). One difference: the
+   gradient of the later positions' loss flows back through the burn-in steps (R2D2 uses them only
+   to produce a start state).
    With ``stored_state=True`` (R2D2's stored state) replay keeps the LSTM state ``(h, c)`` the agent
    acted from at every step, and each window is unrolled from the state stored at its first step (by
    the network as it was then: "stale", which the burn-in refreshes) instead of from zeros. While
    acting, the state runs through whole episodes (500 steps on CartPole); a window started from zeros
-   in the middle of an episode is a situation the acting network never meets.
+   in the middle of an episode is a situation the acting network never meets. The state is kept for
+   every transition (``2 * lstm_size`` floats: 100 MB for CartPole's 100k-step buffer, 410 MB with the
+   ALE preset's LSTM of 512), where R2D2 keeps one per stored sequence.
 4. The TD loss is applied at every (unmasked) position. The targets unroll the target network over
    the same window shifted by one step, ``[o_0, o_1', ..., o_T']`` (the ``o'`` are next observations),
    so that the value of ``o_t'`` is computed with the state that has seen the window up to it.
