@@ -168,6 +168,29 @@ def test_drqn_stored_state_starts_both_unrolls_from_the_batch_states():
         agent.loss(batch)
 
 
+def test_drqn_stored_state_start_is_contiguous_and_the_burn_in_stays_out_of_the_loss():
+    """With stored_state the window's start state is handed to the LSTM as contiguous (1, B, H) tensors
+    (cuDNN refuses a non-contiguous hx: "rnn: hx is not contiguous", which the CPU does not check), and a
+    burn-in still only warms the state up: rewards and actions at its positions leave the loss unchanged."""
+    torch.manual_seed(0)
+    agent = DRQN((3,), 2, DRQNConfig(hidden=(8,), lstm_size=16, stored_state=True, burn_in=2), CPU)
+    batch = _sequences()
+    batch.states = np.random.default_rng(1).normal(size=(4, 32)).astype(np.float32)
+    seen = {}
+    hooks = [net.register_forward_pre_hook(lambda module, args, name=name: seen.__setitem__(name, args[1]))
+             for name, net in (("q", agent.q), ("target", agent.target))]
+    burned, _ = agent.loss(batch)
+    for hook in hooks:
+        hook.remove()
+    for name in ("q", "target"):
+        assert all(t.is_contiguous() for t in seen[name]), name
+    batch.rewards[:, :2] = 1e3
+    batch.actions[:, :2] = 1 - batch.actions[:, :2]
+    torch.testing.assert_close(agent.loss(batch)[0], burned)
+    agent.config.burn_in = 0  # without burn-in the same positions count
+    assert not torch.allclose(agent.loss(batch)[0], burned)
+
+
 def test_registry_and_presets():
     assert set(AGENTS) >= {"dqn", "drqn", "darqn", "sadqn", "sadqn-entity"}
     image_only = {"darqn", "sadqn-entity"}  # attention over image locations

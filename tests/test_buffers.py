@@ -141,3 +141,24 @@ def test_stored_states_are_checked():
         plain.load_state_dict(buffer.state_dict())
     with pytest.raises(ValueError, match=r"holds states \(10, 3\), this buffer \(10, 5\)"):
         SequenceReplayBuffer(10, (1,), seq_len=3, state_size=5).load_state_dict(buffer.state_dict())
+
+
+def test_a_refused_checkpoint_leaves_the_buffer_as_it_was():
+    """A checkpoint whose stored states have another size is refused before anything is overwritten: the
+    buffer keeps its transitions, position and states (3ef02e2)."""
+    buffer = SequenceReplayBuffer(10, (1,), seq_len=3, state_size=5, seed=0)
+    fill(buffer, 4, episode_length=5)
+    for t in range(4):
+        buffer.states[t] = t + 1.0
+    before = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in buffer.state_dict().items()}
+    other = SequenceReplayBuffer(10, (1,), seq_len=3, state_size=3, seed=1)
+    fill(other, 7, episode_length=3, states=True)
+    with pytest.raises(ValueError, match=r"holds states \(10, 3\), this buffer \(10, 5\)"):
+        buffer.load_state_dict(other.state_dict())
+    after = buffer.state_dict()
+    assert after.keys() == before.keys()
+    for key, value in before.items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(after[key], value), key
+        else:
+            assert after[key] == value, key

@@ -434,6 +434,16 @@ def test_set_step_warms_up_and_anneals_both_learning_rates_by_the_same_factor():
     assert plain.optimizer.param_groups[0]["lr"] == 1e-3 and plain.dnd_optimizer.param_groups[0]["lr"] == 1e-2
 
 
+def test_set_step_warms_up_both_learning_rates_without_a_decay():
+    """lr_warmup alone (no lr_end / lr_decay_steps) is a schedule too: both optimizers start from 0 at
+    learning_starts and reach their rates lr_warmup steps later."""
+    agent = _agent(lr=1e-3, dnd_lr=1e-2, learning_starts=10, lr_warmup=20)
+    for step, factor in ((0, 0.0), (10, 0.0), (20, 0.5), (30, 1.0), (500, 1.0)):
+        agent.set_step(step)
+        assert all(g["lr"] == pytest.approx(1e-3 * factor) for g in agent.optimizer.param_groups), step
+        assert all(g["lr"] == pytest.approx(1e-2 * factor) for g in agent.dnd_optimizer.param_groups), step
+
+
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [("n_step", 0, "n_step must be >= 1"), ("num_neighbors", 0, "num_neighbors must be >= 1"),

@@ -225,3 +225,17 @@ def test_plot_value_ceiling(tmp_path):
     bare.append_updates(10, {"loss": 0.1})
     with pytest.raises(ValueError, match="no Q-values"):
         plot_value_ceiling({"bare": bare.path})
+
+
+def test_plot_value_ceiling_scales_both_bounds_by_max_reward(tmp_path):
+    """max_reward (a step's largest reward) scales the dashed ceiling and the dotted never-failing line."""
+    from companion.plots import plot_value_ceiling
+
+    run = RunDir.create(tmp_path / "r", {"run": {"algo": "drqn"}, "agent": {"learning_starts": 100,
+                                                                             "target_update": 50, "gamma": 0.5}})
+    run.append_updates(200, {"loss": 0.1, "q": 1.2})
+    run.append_updates(300, {"loss": 0.1, "q": 1.6})
+    ax = plot_value_ceiling({"a run": run.path}, max_reward=2.0)
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    np.testing.assert_allclose(lines["ceiling, a copy every 50 steps"].get_ydata(), [0.0, 3.0, 3.75])
+    assert lines["never failing: 1/(1-gamma) = 4"].get_ydata()[0] == pytest.approx(4.0)

@@ -102,6 +102,32 @@ def test_drqn_replay_keeps_the_state_each_step_was_acted_from(tmp_path):
     torch.testing.assert_close(torch.cat([h_next[0], c_next[0]], dim=1), states[inside + 1], atol=1e-6, rtol=1e-5)
 
 
+def test_drqn_replay_keeps_the_acting_state_after_learning_starts_and_wraparound(tmp_path):
+    """The stored states stay right once updates run and the ring has wrapped: every slot of a full buffer
+    holds the state its step was acted from (zeros at an episode's first step, not the slot's previous
+    occupant), so unrolling from states[i] over obs[i] gives states[i + 1] within an episode. lr 0: the
+    updates run (sampling the stored states) but leave the weights that acted unchanged."""
+    run, config = build_config("drqn", "CartPole-v1", seed=3, budget="quick", total_steps=140,
+                               overrides={"eval_every": 140, "eval_episodes": 1, "stored_state": True,
+                                          "hidden": (16,), "lstm_size": 16, "seq_len": 8, "batch_size": 8,
+                                          "buffer_size": 48, "learning_starts": 40, "lr": 0.0})
+    result = train(run, config, tmp_path / "run", show_progress=False)
+    assert result.agent.optimizer.state and all(int(s["step"]) > 10 for s in result.agent.optimizer.state.values())
+    replay = torch.load(tmp_path / "run" / "replay.pt", weights_only=True)
+    assert replay["full"]  # 140 steps in 48 slots
+    # oldest first; the slot at the write head is left out: its obs is already the newest next_obs
+    order = (int(replay["pos"]) + 1 + np.arange(47)) % 48
+    states, obs, ended = replay["states"][order], replay["obs"][order], replay["ended"][order].numpy()
+    first = np.flatnonzero(ended[:-1]) + 1  # episode starts after the oldest slot
+    assert len(first) >= 2 and states[first].eq(0).all()
+    inside = np.flatnonzero(~ended[:-1])
+    assert states[inside + 1].abs().sum(1).gt(0).all()
+    h, c = states[inside].chunk(2, dim=1)
+    with torch.no_grad():
+        _, (h_next, c_next) = result.agent.q(obs[inside][:, None], (h[None].contiguous(), c[None].contiguous()))
+    torch.testing.assert_close(torch.cat([h_next[0], c_next[0]], dim=1), states[inside + 1], atol=1e-6, rtol=1e-5)
+
+
 def test_checkpoint_loads_with_weights_only_and_rebuilds_the_agent(tmp_path):
     result = _run(tmp_path, "a")
     state = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)  # no code can run
