@@ -159,8 +159,9 @@ def plot_value_ceiling(runs: dict[str, str | Path], ax=None, max_reward: float =
                 label=f"ceiling, a copy every {config['target_update']} steps")
         gammas.add(config["gamma"])
     for gamma in sorted(gammas):
+        scale = "1" if max_reward == 1 else f"{max_reward:g}"
         ax.axhline(max_reward / (1 - gamma), color="gray", linestyle=":",
-                   label=f"never failing: 1/(1-gamma) = {max_reward / (1 - gamma):.0f}")
+                   label=f"never failing: {scale}/(1-gamma) = {max_reward / (1 - gamma):.0f}")
     ax.set_xlabel("environment steps")
     ax.set_ylabel("Q-value")
     ax.legend(fontsize="small")

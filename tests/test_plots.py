@@ -238,4 +238,4 @@ def test_plot_value_ceiling_scales_both_bounds_by_max_reward(tmp_path):
     ax = plot_value_ceiling({"a run": run.path}, max_reward=2.0)
     lines = {line.get_label(): line for line in ax.get_lines()}
     np.testing.assert_allclose(lines["ceiling, a copy every 50 steps"].get_ydata(), [0.0, 3.0, 3.75])
-    assert lines["never failing: 1/(1-gamma) = 4"].get_ydata()[0] == pytest.approx(4.0)
+    assert lines["never failing: 2/(1-gamma) = 4"].get_ydata()[0] == pytest.approx(4.0)
