@@ -4,6 +4,7 @@ Commands:
     train   train an agent and write a run directory (config, provenance, metrics, evaluations, checkpoint)
     eval    evaluate a run directory's checkpoint
     plot    learning curves of run directories, mean and 95% interval across seeds
+    sweep   run an experiment grid (a TOML file of train commands) locally, on Ray or on Slurm; resumable
     check   versions, device, budget, and one step of an ALE, a MinAtar and a popgym env
 
 Examples:
@@ -12,6 +13,10 @@ Examples:
     python -m companion train --resume --out runs/drqn-masked
     python -m companion eval runs/dqn/CartPole-v1/seed0 --episodes 20
     python -m companion plot runs/dqn/CartPole-v1/seed* -o curves.png
+    python -m companion sweep experiments/ch2.toml --dry-run      # the grid's train commands
+    python -m companion sweep experiments/ch2.toml --jobs 2       # run what is not done; --status: where it stands
+    python -m companion sweep experiments/ch2.toml --backend ray --ray-address auto
+    python -m companion sweep experiments/ch2.toml --backend submitit --slurm-partition cpu --timeout-min 240
 """
 
 from __future__ import annotations
@@ -20,9 +25,15 @@ import argparse
 import math
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from companion.budget import BUDGETS, BudgetError
+
+if TYPE_CHECKING:
+    from companion.sweep import Grid, Outcome
+
+#: the ``sweep --backend`` choices (:data:`companion.sweep.BACKENDS`; the sweep's module is imported when one runs)
+SWEEP_BACKENDS = ("local", "ray", "submitit")
 
 #: the ``--algo`` help (:data:`companion.agents.AGENTS` is not imported here: it loads torch, and ``--help``
 #: should be quick)
@@ -87,12 +98,9 @@ def _overrides(pairs: list[str]) -> dict[str, str]:
 
 
 def _default_out(algo: str, env_id: str, seed: int, hide: tuple[int, ...], flicker: float) -> Path:
-    env = env_id.replace("/", "-")
-    if hide:
-        env += "-hide" + "_".join(str(i) for i in hide)
-    if flicker:
-        env += f"-flicker{flicker:g}"
-    return Path("runs") / algo / env / f"seed{seed}"
+    from companion.sweep import env_dir_name  # a sweep's grid names env folders the same way
+
+    return Path("runs") / algo / env_dir_name(env_id, hide, flicker) / f"seed{seed}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,6 +140,30 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--kind", default="eval",
                       help="eval, train, or update:NAME for a column of updates.csv (e.g. update:attention_entropy)")
     plot.add_argument("--title", default=None)
+
+    sweep = commands.add_parser("sweep", help="run an experiment grid (a TOML file): locally, on Ray or on Slurm",
+                                description="Run every train command of a grid file that is not done: finished runs "
+                                            "are skipped, interrupted ones resume, failed ones run again. The grid's "
+                                            "format: the docstring of companion/sweep.py, and experiments/ch2.toml.")
+    sweep.add_argument("grid", type=Path, help="the grid file, e.g. experiments/ch2.toml")
+    what = sweep.add_mutually_exclusive_group()
+    what.add_argument("--dry-run", action="store_true", help="print the grid's train commands; run nothing")
+    what.add_argument("--status", action="store_true", help="print each run's state and the counts; run nothing")
+    sweep.add_argument("--backend", choices=SWEEP_BACKENDS, default="local",
+                       help="local: a process pool here (default); ray: Ray tasks; submitit: Slurm jobs")
+    sweep.add_argument("--jobs", type=_positive, default=None,
+                       help="local: runs at once (default: one per core); ray: the CPUs of a Ray started here")
+    sweep.add_argument("--ray-address", default=None,
+                       help="ray: a running cluster's address, e.g. auto (default: start Ray on this machine)")
+    sweep.add_argument("--submitit-cluster", choices=("slurm", "local", "debug"), default=None,
+                       help="submitit: where jobs run (default: Slurm where sbatch is found, else local)")
+    sweep.add_argument("--submitit-folder", type=Path, default=None,
+                       help="submitit: job files and logs (default: submitit/GRID_NAME beside the runs)")
+    sweep.add_argument("--slurm-partition", default=None, help="submitit: the Slurm partition")
+    sweep.add_argument("--timeout-min", type=_positive, default=None,
+                       help="submitit: each job's time limit in minutes (default: 1440); a run cut off saves, "
+                            "and its job requeues and resumes it")
+    sweep.add_argument("--no-wait", action="store_true", help="submitit: submit the jobs and return")
 
     commands.add_parser("check", help="check the installation: versions, device, one step of each env family")
     return parser
@@ -191,6 +223,68 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    import time
+
+    from companion.sweep import load_grid, run_sweep, status_report, summary
+
+    backend_options = {"--jobs": (args.jobs, ("local", "ray")), "--ray-address": (args.ray_address, ("ray",)),
+                       "--submitit-cluster": (args.submitit_cluster, ("submitit",)),
+                       "--submitit-folder": (args.submitit_folder, ("submitit",)),
+                       "--slurm-partition": (args.slurm_partition, ("submitit",)),
+                       "--timeout-min": (args.timeout_min, ("submitit",)), "--no-wait": (args.no_wait, ("submitit",))}
+    for option, (value, backends) in backend_options.items():
+        if value not in (None, False) and args.backend not in backends:
+            raise ValueError(f"{option} is an option of the {' and '.join(backends)} backend, not {args.backend}")
+    grid = load_grid(args.grid)
+    _check_train_commands(grid)
+    if args.dry_run:
+        print(f"# {len(grid.cells)} runs of {grid.path}, each run in {grid.root}")
+        print("\n".join(grid.commands()))
+        return 0
+    if args.status:
+        print(status_report(grid))
+        return 0
+    start = time.monotonic()
+    total = len(grid.cells)
+    reported: list[Outcome] = []
+
+    def report(outcome: Outcome) -> None:
+        reported.append(outcome)
+        print(f"[{len(reported)}/{total}] {outcome.line()}", flush=True)
+
+    try:
+        outcomes = run_sweep(grid, args.backend, jobs=args.jobs, ray_address=args.ray_address,
+                             submitit_cluster=args.submitit_cluster, submitit_folder=args.submitit_folder,
+                             slurm_partition=args.slurm_partition, timeout_min=args.timeout_min or 24 * 60,
+                             wait=not args.no_wait, report=report)
+    except ModuleNotFoundError as err:
+        if err.name not in ("ray", "submitit"):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(summary(outcomes, time.monotonic() - start))
+    return 0 if all(o.state == "done" or args.no_wait and o.state == "running?" for o in outcomes) else 1
+
+
+def _check_train_commands(grid: Grid) -> None:
+    """Parse every command of the grid as ``train`` would, so that a flag it does not take is the grid's one-line
+    error, not a failed run per cell (settings, ``--set``, are checked by the run itself)."""
+    import contextlib
+    import io
+
+    parser = build_parser()
+    for cell in grid.cells:
+        errors = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(errors):
+                parser.parse_args(cell.argv())
+        except SystemExit:
+            message = errors.getvalue().strip().splitlines()
+            raise ValueError(f"{grid.path}: the run {cell.out} is not a train command: "
+                             f"{message[-1] if message else ''}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run a command; bad input (exit status 2) and a damaged run directory (1) are one line on stderr."""
     args = build_parser().parse_args(argv)
@@ -201,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
             from companion.check import main as check_main
 
             return check_main()
-        return {"train": _train, "eval": _eval, "plot": _plot}[args.command](args)
+        return {"train": _train, "eval": _eval, "plot": _plot, "sweep": _sweep}[args.command](args)
     except (BudgetError, ValueError, FileNotFoundError, FileExistsError) as err:
         # Bad input is a one-line error, not a traceback from deep inside torch.
         print(f"error: {err}", file=sys.stderr)

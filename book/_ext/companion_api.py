@@ -95,6 +95,7 @@ HOME: dict[str, str] = {
     "companion.loops.off_policy": "notebooks/02_dqn_drqn",
     "companion.loops.on_policy": "notebooks/03_attention_critic",
     "companion.records": "notebooks/02_dqn_drqn",
+    "companion.sweep": HOW_TO_RUN,
     "companion.plots": "notebooks/02_dqn_drqn",
     "companion.buffers": "notebooks/02_dqn_drqn",
     "companion.envs": "notebooks/02_dqn_drqn",
@@ -141,7 +142,7 @@ HOME_OVERRIDES: dict[str, str] = {
 #: the companion's own objects must resolve (tests/test_api_reference.py checks that none of these match one).
 EXTERNAL_TARGETS: tuple[tuple[str, str], ...] = (
     (r"py:.*", r"(torch|numpy|gymnasium|matplotlib)(\..+)?"),
-    (r"py:.*", r"(typing|collections\.abc|abc|argparse|pathlib)\..+"),
+    (r"py:.*", r"(typing|collections\.abc|abc|argparse|pathlib|subprocess)\..+"),
     (r"py:class", r"Tensor"),
 )
 
