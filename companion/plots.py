@@ -170,10 +170,12 @@ def plot_value_ceiling(runs: dict[str, str | Path], ax=None, max_reward: float =
 
 def finished_runs(root: str | Path | None, pattern: str) -> list[Path]:
     """The run directories under ``root`` matching ``pattern`` (a glob, e.g. ``"ch2-pomdp/drqn/*/seed*"``)
-    whose run finished; none when ``root`` is ``None`` (no stored results, e.g. on Colab)."""
+    whose run finished (not interrupted: an interrupted run's meta.json also records when it stopped);
+    none when ``root`` is ``None`` (no stored results, e.g. on Colab)."""
     if root is None:
         return []
-    return [p for p in sorted(Path(root).glob(pattern)) if "finished" in RunDir(p).meta()]
+    return [p for p in sorted(Path(root).glob(pattern))
+            if "finished" in (meta := RunDir(p).meta()) and not meta.get("interrupted", False)]
 
 
 def summarize(groups: dict[str, Sequence[str | Path]]) -> list[dict]:

@@ -25,7 +25,7 @@ SADQN_ALL="--set prev_action=true --set target_update=250 --set gated=true --set
 SADQN_ALL="$SADQN_ALL --set lr_end=3e-5 --set lr_decay_steps=100000"
 line() {  # line OUT ARGS...: one training command, unless OUT already finished
   local out=$1; shift
-  [ -f "$out/meta.json" ] && grep -q '"finished"' "$out/meta.json" && return 0
+  [ -f "$out/meta.json" ] && grep -q '"interrupted": false' "$out/meta.json" && return 0
   echo "train $* --out $out"
 }
 {

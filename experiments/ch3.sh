@@ -31,7 +31,7 @@ TASKS=("CartPole-v1 --hide 1,3:CartPole-v1-hide1_3" "popgym-PositionOnlyCartPole
        "popgym-RepeatPreviousEasy-v0:popgym-RepeatPreviousEasy-v0")
 line() {  # line OUT ARGS...: one training command, unless OUT already finished
   local out=$1; shift
-  [ -f "$out/meta.json" ] && grep -q '"finished"' "$out/meta.json" && return 0
+  [ -f "$out/meta.json" ] && grep -q '"interrupted": false' "$out/meta.json" && return 0
   echo "train $* --out $out"
 }
 {

@@ -17,7 +17,7 @@ MINATAR="--steps 50000 --set train_freq=4 --set eps_fraction=0.2 --set eval_epsi
 MINATAR="$MINATAR --set eval_episodes=10 --set target_update=1000 --set lr=0.00025 --set batch_size=32"
 line() {  # line OUT ARGS...: one training command, unless OUT already finished
   local out=$1; shift
-  [ -f "$out/meta.json" ] && grep -q '"finished"' "$out/meta.json" && return 0
+  [ -f "$out/meta.json" ] && grep -q '"interrupted": false' "$out/meta.json" && return 0
   echo "train $* --out $out"
 }
 {

@@ -36,7 +36,7 @@ EPISODES=2000
 AGENTS=("ppo-memory --set memory=1024:ppo-memory" "ppo-lstm --set forget_bias=1:ppo-lstm" "ppo-attn:ppo-attn" "ppo:ppo")
 line() {  # line OUT ARGS...: one training command, unless OUT already finished
   local out=$1; shift
-  [ -f "$out/meta.json" ] && grep -q '"finished"' "$out/meta.json" && return 0
+  [ -f "$out/meta.json" ] && grep -q '"interrupted": false' "$out/meta.json" && return 0
   echo "train $* --out $out"
 }
 {

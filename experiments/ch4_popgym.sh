@@ -16,7 +16,7 @@ SEEDS=${SEEDS:-"0 1 2"}
 AGENTS=("ppo-memory --set memory=64:ppo-memory" "ppo-lstm:ppo-lstm" "ppo:ppo")
 line() {  # line OUT ARGS...: one training command, unless OUT already finished
   local out=$1; shift
-  [ -f "$out/meta.json" ] && grep -q '"finished"' "$out/meta.json" && return 0
+  [ -f "$out/meta.json" ] && grep -q '"interrupted": false' "$out/meta.json" && return 0
   echo "train $* --out $out"
 }
 {

@@ -17,7 +17,7 @@ AGENTS=("ppo-hmemory --set memory=512 --set chunk_size=16 --set top_k=2:ppo-hmem
         "ppo-memory --set memory=512:ppo-memory" "ppo-lstm:ppo-lstm")
 line() {  # line OUT ARGS...: one training command, unless OUT already finished
   local out=$1; shift
-  [ -f "$out/meta.json" ] && grep -q '"finished"' "$out/meta.json" && return 0
+  [ -f "$out/meta.json" ] && grep -q '"interrupted": false' "$out/meta.json" && return 0
   echo "train $* --out $out"
 }
 {

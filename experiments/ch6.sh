@@ -29,7 +29,7 @@ AGENTS=("darqn --set attention=soft:darqn-soft" "darqn --set attention=hard:darq
     for task in "${TASKS[@]}"; do
       for seed in 0 1 2; do
         out="results/ch6-minatar/${agent##*:}/${task##*:}/seed$seed"
-        [ -f "$out/meta.json" ] && grep -q '"finished"' "$out/meta.json" && continue  # done already
+        [ -f "$out/meta.json" ] && grep -q '"interrupted": false' "$out/meta.json" && continue  # done already
         echo "train --algo ${agent%%:*} ${task%%:*} --seed $seed $COMMON --out $out"
       done
     done

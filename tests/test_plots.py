@@ -239,3 +239,14 @@ def test_plot_value_ceiling_scales_both_bounds_by_max_reward(tmp_path):
     lines = {line.get_label(): line for line in ax.get_lines()}
     np.testing.assert_allclose(lines["ceiling, a copy every 50 steps"].get_ydata(), [0.0, 3.0, 3.75])
     assert lines["never failing: 2/(1-gamma) = 4"].get_ydata()[0] == pytest.approx(4.0)
+
+
+def test_finished_runs_leaves_out_interrupted_ones(tmp_path):
+    from companion.plots import finished_runs
+
+    for name, meta in (("done", {"finished": "t", "interrupted": False}),
+                       ("stopped", {"finished": "t", "interrupted": True}), ("running", {})):
+        run = RunDir.create(tmp_path / name, {"run": {"algo": "dqn"}, "agent": {}})
+        run.write_meta(meta)
+    assert [p.name for p in finished_runs(tmp_path, "*")] == ["done"]
+    assert finished_runs(None, "*") == []
