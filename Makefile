@@ -32,7 +32,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(BIN)/python -m pip install --quiet -e ".[book,test,dev]"
+	$(BIN)/python -m pip install --quiet -e ".[book,test,dev,sweep]"
 	touch $(STAMP)
 
 # Jupyter Book's execution cache is keyed by notebook content alone: a change in companion/ or
