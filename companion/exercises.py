@@ -21,7 +21,8 @@ from companion.buffers import gae
 __all__ = ["check_attention", "check_best_chunk_size", "check_causal_mask", "check_chunk_summaries",
            "check_clipped_objective", "check_double_dqn_target", "check_gae", "check_is_weights",
            "check_masked_attention", "check_masked_td_loss", "check_memory_mask", "check_reinforce_gradient",
-           "check_split_heads", "check_sum_tree_find", "check_td_targets", "check_window_mask"]
+           "check_split_heads", "check_sum_tree_find", "check_target_ceiling", "check_td_targets",
+           "check_window_mask"]
 
 
 def _close(a: object, b: Tensor) -> bool:
@@ -458,6 +459,29 @@ def check_double_dqn_target(fn: Callable[..., object]) -> bool:
                 rewards + gamma * not_done * next_target.max(1).values,
                 "(1 - terminated) is missing: a terminal transition has no future":
                 rewards + gamma * next_target.gather(1, chosen)[:, 0]}
+    return _verdict(name, _as_tensor(result), expected, mistakes)
+
+
+def check_target_ceiling(fn: Callable[..., object]) -> bool:
+    """Chapter 2: ``fn(copies, gamma) -> ceiling``, the most the target network's values can be after
+    ``copies`` ``(B,)`` (long) hard copies of a trained network, with rewards at most 1 and values starting
+    at 0: ``1 + gamma + ... + gamma^(n-1) = (1 - gamma^n) / (1 - gamma)`` (float ``(B,)``)."""
+    name = "check_target_ceiling"
+    copies = torch.tensor([0, 1, 2, 10, 100, 500])
+    gamma = 0.99
+    result, error = _run(name, fn, copies.clone(), gamma)
+    if error:
+        print(error)
+        return False
+    n = copies.double()
+    expected = (1 - gamma**n) / (1 - gamma)
+    mistakes = {"one term too many: that is the online network, regressing towards the next copy":
+                (1 - gamma ** (n + 1)) / (1 - gamma),
+                "the limit 1/(1 - gamma), which no finite number of copies reaches":
+                torch.full_like(n, 1 / (1 - gamma)),
+                "the rewards are not discounted: each copy adds gamma^k, not 1": n,
+                "the terms are gamma^1 .. gamma^n: the first copy adds the reward itself, 1":
+                gamma * (1 - gamma**n) / (1 - gamma)}
     return _verdict(name, _as_tensor(result), expected, mistakes)
 
 

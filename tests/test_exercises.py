@@ -283,6 +283,28 @@ def test_chapter7_masked_td_loss_check(capsys):
     assert "padding counts" in capsys.readouterr().out
 
 
+def test_check_target_ceiling(capsys):
+    from companion.agents.base import target_copy_ceiling
+    from companion.exercises import check_target_ceiling
+
+    assert check_target_ceiling(lambda n, g: (1 - g ** n.double()) / (1 - g))
+    # The companion's ceiling at step 10n with a copy every 10 steps from step 0: the online network after n - 1
+    # copies of a trained network, the same sum as the target network after n.
+    assert check_target_ceiling(lambda n, g: torch.as_tensor(
+        target_copy_ceiling(n.numpy() * 10, learning_starts=0, target_update=10, gamma=g)))
+    assert "correct" in capsys.readouterr().out
+    assert not check_target_ceiling(lambda n, g: (1 - g ** (n.double() + 1)) / (1 - g))
+    assert "online network" in capsys.readouterr().out
+    assert not check_target_ceiling(lambda n, g: n.double())
+    assert "not discounted" in capsys.readouterr().out
+    assert not check_target_ceiling(lambda n, g: g * (1 - g ** n.double()) / (1 - g))
+    assert "first copy adds the reward" in capsys.readouterr().out
+    assert not check_target_ceiling(lambda n, g: torch.full((6,), 1 / (1 - g), dtype=torch.float64))
+    assert "the limit" in capsys.readouterr().out
+    assert not check_target_ceiling(lambda n, g: (1 - g ** n.double()))
+    assert "differ from the reference" in capsys.readouterr().out
+
+
 def _onehot(scores, location):
     return torch.nn.functional.one_hot(torch.tensor(location), len(scores)).double()
 
