@@ -12,9 +12,10 @@
 #   drqn-stored        (popgym RepeatPreviousEasy) DRQN with the stored state and the 8-step burn-in only, against
 #                      chapter 7's DRQN runs (results/ch7-popgym/drqn), which learn the task and then lose it
 # Seeds: 0-4 for the last DRQN step, seed 0 for the intermediate DRQN steps and for SA-DQN (velocities hidden
-# only: an SA-DQN run with these settings took about 20 minutes here, and a variant with DRQN's last settings
-# was stopped for time), 0-2 on popgym. Runs were made from a clean worktree at the commit in their meta.json,
-# two at a time, one torch thread each; a DRQN run of the last step took about 14 minutes.
+# only: an SA-DQN run with these settings took 16 minutes here, and a variant with DRQN's last settings was
+# stopped for time), 0-2 on popgym. Runs were made from a clean worktree at the commit in their meta.json,
+# two at a time, one torch thread each; a DRQN run of the last step took 10 to 19 minutes (meta.json's
+# wall_seconds; chapter 2's DRQN runs took 3 to 6).
 # Finished runs are skipped. Usage: bash experiments/ch2_remedies.sh [JOBS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
