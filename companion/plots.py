@@ -147,8 +147,8 @@ def plot_value_ceiling(runs: dict[str, str | Path], ax=None, max_reward: float =
         _, ax = plt.subplots(figsize=(7, 4))
     gammas = set()
     for label, run in runs.items():
-        config = RunDir(run).config()["agent"]
-        updates = RunDir(run).updates()
+        record = RunDir(run)
+        config, updates = record.config()["agent"], record.updates()
         if "q" not in updates:
             raise ValueError(f"{run} logged no Q-values (updates.csv has no 'q' column)")
         steps = np.concatenate([[0.0], updates["step"]])

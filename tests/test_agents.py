@@ -130,6 +130,19 @@ def test_drqn_replay_state_is_h_then_c_and_zeros_at_an_episode_start():
     assert not np.array_equal(stored[:16], stored[16:])  # h and c are different halves
 
 
+def _loss_and_start_states(agent, batch):
+    """``agent.loss(batch)``'s loss, and the LSTM state each network (``"q"``, ``"target"``) was unrolled from."""
+    seen = {}
+    hooks = [net.register_forward_pre_hook(lambda module, args, name=name: seen.__setitem__(name, args[1]))
+             for name, net in (("q", agent.q), ("target", agent.target))]
+    try:
+        loss, _ = agent.loss(batch)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return loss, seen
+
+
 def test_drqn_stored_state_starts_both_unrolls_from_the_batch_states():
     """R2D2's stored state: the online and the target network unroll each window from ``batch.states``
     (split into h and c); with states that are all zeros the loss is the zero-state loss, and without
@@ -142,12 +155,7 @@ def test_drqn_stored_state_starts_both_unrolls_from_the_batch_states():
     batch = _sequences()
     states = np.random.default_rng(1).normal(size=(4, 32)).astype(np.float32)
     batch.states = states
-    seen = {}
-    hooks = [net.register_forward_pre_hook(lambda module, args, name=name: seen.__setitem__(name, args[1]))
-             for name, net in (("q", agent.q), ("target", agent.target))]
-    loss, _ = agent.loss(batch)
-    for h in hooks:
-        h.remove()
+    loss, seen = _loss_and_start_states(agent, batch)
     for name in ("q", "target"):
         h, c = seen[name]
         assert h.shape == c.shape == (1, 4, 16), name
@@ -176,12 +184,7 @@ def test_drqn_stored_state_start_is_contiguous_and_the_burn_in_stays_out_of_the_
     agent = DRQN((3,), 2, DRQNConfig(hidden=(8,), lstm_size=16, stored_state=True, burn_in=2), CPU)
     batch = _sequences()
     batch.states = np.random.default_rng(1).normal(size=(4, 32)).astype(np.float32)
-    seen = {}
-    hooks = [net.register_forward_pre_hook(lambda module, args, name=name: seen.__setitem__(name, args[1]))
-             for name, net in (("q", agent.q), ("target", agent.target))]
-    burned, _ = agent.loss(batch)
-    for hook in hooks:
-        hook.remove()
+    burned, seen = _loss_and_start_states(agent, batch)
     for name in ("q", "target"):
         assert all(t.is_contiguous() for t in seen[name]), name
     batch.rewards[:, :2] = 1e3
