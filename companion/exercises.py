@@ -1,5 +1,6 @@
 """Self-check functions for the exercises of chapters 1 (attention), 2 (TD targets), 3 (actor-critic),
-4 (memory), 5 (hierarchical attention), 6 (REINFORCE for hard attention) and 7 (the masked TD loss).
+4 (memory), 5 (hierarchical attention), 6 (REINFORCE for hard attention), 7 (the masked TD loss) and 8
+(aggregate metrics).
 
 Each ``check_*`` function runs the reader's function on random inputs, compares it with the
 companion's implementation, prints a one-line verdict, and returns ``True`` when it is right. When it
@@ -19,8 +20,9 @@ from companion.attention import causal_mask, scaled_dot_product_attention, windo
 from companion.buffers import gae
 
 __all__ = ["check_attention", "check_best_chunk_size", "check_causal_mask", "check_chunk_summaries",
-           "check_clipped_objective", "check_double_dqn_target", "check_gae", "check_is_weights",
-           "check_masked_attention", "check_masked_td_loss", "check_memory_mask", "check_reinforce_gradient",
+           "check_clipped_objective", "check_double_dqn_target", "check_gae", "check_iqm", "check_is_weights",
+           "check_masked_attention", "check_masked_td_loss", "check_memory_mask", "check_probability_of_improvement",
+           "check_reinforce_gradient",
            "check_split_heads", "check_sum_tree_find", "check_target_ceiling", "check_td_targets",
            "check_window_mask"]
 
@@ -534,4 +536,65 @@ def check_masked_td_loss(fn: Callable[..., object]) -> bool:
                 "a mean of per-window means: each valid position should weigh the same":
                 ((squared * m).sum(1) / m.sum(1)).mean(),
                 "a sum, not a mean": (squared * m).sum()}
+    return _verdict(name, _as_tensor(result), expected, mistakes)
+
+
+# --------------------------------------------------------------------------------------------------
+# Chapter 8: aggregate metrics over runs and tasks
+# --------------------------------------------------------------------------------------------------
+def _scores_case() -> tuple[Tensor, Tensor]:
+    """Two score matrices ``(runs, tasks)``: X (5 runs x 3 tasks) and Y (3 runs x 3 tasks), with ties."""
+    x = torch.tensor([[0.9, 0.1, 1.4], [0.2, 0.3, 0.8], [0.5, 0.3, 0.9], [1.1, 0.0, 0.7], [0.4, 0.6, 2.0]],
+                     dtype=torch.float64)
+    y = torch.tensor([[0.5, 0.3, 0.6], [0.7, 0.2, 0.9], [0.1, 0.3, 1.5]], dtype=torch.float64)
+    return x, y
+
+
+def check_iqm(fn: Callable[[Tensor], object]) -> bool:
+    """Chapter 8: ``fn(scores) -> iqm``, the interquartile mean of a ``(runs, tasks)`` matrix: all ``n`` values
+    pooled and sorted, ``floor(n / 4)`` dropped at each end, the rest averaged (as ``rliable``'s
+    ``aggregate_iqm``)."""
+    name = "check_iqm"
+    x, _ = _scores_case()
+    result, error = _run(name, fn, x.clone())
+    if error:
+        print(error)
+        return False
+    ordered = x.flatten().sort().values
+    k = len(ordered) // 4
+    expected = ordered[k:len(ordered) - k].mean()
+    per_task = x.sort(0).values[1:-1].mean(0).mean()  # each task's IQM over its 5 runs, then averaged
+    task_means = x.mean(0).sort().values
+    mistakes = {"each task's IQM over its runs, averaged over tasks: the IQM pools runs and tasks first":
+                per_task,
+                "the mean of all values: nothing trimmed": x.mean(),
+                "the median, not the interquartile mean": ordered.median(),
+                "an IQM of the per-task means: pool the runs, do not average them first":
+                task_means[len(task_means) // 4:len(task_means) - len(task_means) // 4].mean(),
+                "a quarter rounded up, not down: floor(n / 4) values go at each end":
+                ordered[math.ceil(len(ordered) / 4):len(ordered) - math.ceil(len(ordered) / 4)].mean()}
+    return _verdict(name, _as_tensor(result), expected, mistakes)
+
+
+def check_probability_of_improvement(fn: Callable[[Tensor, Tensor], object]) -> bool:
+    """Chapter 8: ``fn(x, y) -> p``, P(X > Y) for score matrices ``x`` ``(N, M)`` and ``y`` ``(N', M)`` on the
+    same ``M`` tasks: on each task, the fraction of the ``N * N'`` run pairs in which X's run scores higher
+    (a tie counts one half), then the mean over tasks (Agarwal et al. 2021)."""
+    name = "check_probability_of_improvement"
+    x, y = _scores_case()
+    result, error = _run(name, fn, x.clone(), y.clone())
+    if error:
+        print(error)
+        return False
+    greater = (x[:, None, :] > y[None, :, :]).double()  # (N, N', M)
+    ties = (x[:, None, :] == y[None, :, :]).double()
+    expected = (greater + 0.5 * ties).mean((0, 1)).mean()
+    mistakes = {"ties count 0: a tie is half a win for each": greater.mean((0, 1)).mean(),
+                "ties count 1: a tie is half a win for each": (greater + ties).mean((0, 1)).mean(),
+                "the fraction of tasks where X's mean is higher: compare runs, not means":
+                (x.mean(0) > y.mean(0)).double().mean(),
+                "runs compared across tasks: pair runs on the same task only":
+                ((x.flatten()[:, None] > y.flatten()[None, :]).double()
+                 + 0.5 * (x.flatten()[:, None] == y.flatten()[None, :]).double()).mean(),
+                "P(Y > X), not P(X > Y)": 1 - (greater + 0.5 * ties).mean((0, 1)).mean()}
     return _verdict(name, _as_tensor(result), expected, mistakes)

@@ -5,7 +5,9 @@ with 3 to 5 seeds it is wide, honestly so. Every figure states the environment s
 
 Results of stored runs that several chapters lay out alike: :func:`summary_tables` (each task's table after
 the random policy's return; chapters 6 and 7), and chapter 4's delay sweep, which chapter 5 extends:
-:func:`plot_delay_sweep`, :func:`delay_sweep_table` and :func:`first_solved`.
+:func:`plot_delay_sweep`, :func:`delay_sweep_table` and :func:`first_solved`. Chapter 8's comparisons:
+:func:`plot_interval_estimates`, :func:`plot_performance_profiles` and :func:`plot_improvement` draw what
+:mod:`companion.compare` computes.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ import numpy as np
 from companion.records import RunDir
 
 __all__ = ["Curve", "aggregate", "compare_tasks", "delay_sweep_table", "finished_runs", "first_solved", "group_runs",
-           "load_curve", "plot_curves", "plot_delay_sweep", "plot_value_ceiling", "stored_record", "summarize",
-           "summary_table", "summary_tables", "t_interval", "update_summary"]
+           "load_curve", "plot_curves", "plot_delay_sweep", "plot_improvement", "plot_interval_estimates",
+           "plot_performance_profiles", "plot_value_ceiling", "stored_record", "summarize", "summary_table",
+           "summary_tables", "t_interval", "update_summary"]
 
 # t(0.975, df) for df = 1..30; beyond, the normal 1.96 is within 2%.
 _T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
@@ -404,3 +407,80 @@ def delay_sweep_table(rates: dict[str, dict[int, Sequence[float]]], width: int |
                 cells.append("-")
         lines.append(f"{label:{width}s}" + "".join(f"{cell:>24s}" for cell in cells))
     return "\n".join(lines)
+
+
+def plot_interval_estimates(estimates: dict[str, dict[str, tuple[float, float, float]]],
+                            metrics: Sequence[str] = ("IQM", "optimality gap"), axes=None, title: str | None = None):
+    """Chapter 8's aggregate metrics: one panel per metric, one horizontal bar per agent (its 95% CI), a tick at
+    the point estimate.
+
+    Args:
+        estimates: agent -> metric -> (estimate, low, high), as :func:`companion.compare.interval_estimates`
+            returns.
+        metrics: the metrics to draw, one panel each.
+        axes: as many matplotlib axes as metrics (default: a new row of panels).
+        title: put above the first panel.
+
+    Returns:
+        The axes.
+    """
+    import matplotlib.pyplot as plt
+
+    if axes is None:
+        _, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 0.4 * len(estimates) + 1.2),
+                               sharey=True)
+    axes = np.atleast_1d(axes)
+    agents = list(estimates)
+    for ax, metric in zip(axes, metrics, strict=True):
+        for row, agent in enumerate(agents):
+            point, low, high = estimates[agent][metric]
+            ax.barh(row, high - low, left=low, height=0.6, color=f"C{row % 10}", alpha=0.6)
+            ax.plot([point, point], [row - 0.3, row + 0.3], color="black", linewidth=1.5)
+        ax.set_yticks(range(len(agents)), agents)
+        ax.set_xlabel(f"{metric} (normalised score)")
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].invert_yaxis()
+    if title:
+        axes[0].set_title(title, loc="left")
+    return axes
+
+
+def plot_performance_profiles(profiles: dict[str, tuple[np.ndarray, np.ndarray]], taus: np.ndarray, ax=None,
+                              title: str | None = None):
+    """Score distributions (chapter 8): for each tau, the fraction of runs with normalised score above tau, with
+    its 95% bootstrap band (:func:`companion.compare.performance_profiles`)."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.5, 4))
+    for k, (agent, (profile, band)) in enumerate(profiles.items()):
+        style = "-" if k < 10 else "--"
+        (line,) = ax.plot(taus, profile, style, label=agent, color=f"C{k % 10}")
+        ax.fill_between(taus, band[0], band[1], color=line.get_color(), alpha=0.15, linewidth=0)
+    ax.set_xlabel(r"normalised score $\tau$")
+    ax.set_ylabel(r"fraction of runs with score $> \tau$")
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def plot_improvement(probabilities: dict[str, tuple[float, float, float]], ax=None, title: str | None = None):
+    """P(X > Y) for each pair with its 95% CI (:func:`companion.compare.improvement_probabilities`); the dashed
+    line at 0.5 is "neither is better"."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 0.45 * len(probabilities) + 1.2))
+    for row, (point, low, high) in enumerate(probabilities.values()):
+        ax.barh(row, high - low, left=low, height=0.6, color="C0", alpha=0.5)
+        ax.plot([point, point], [row - 0.3, row + 0.3], color="black", linewidth=1.5)
+    ax.axvline(0.5, color="gray", linestyle="--", linewidth=1)
+    ax.set_yticks(range(len(probabilities)), list(probabilities))
+    ax.set_xlim(0, 1)
+    ax.invert_yaxis()
+    ax.set_xlabel("P(X > Y): probability of improvement")
+    if title:
+        ax.set_title(title, loc="left")
+    return ax
