@@ -35,6 +35,7 @@ __all__ = [
     "Task",
     "Contender",
     "Suite",
+    "VARIANT_KEYS",
     "POMDP_SUITE",
     "MINATAR_SUITE",
     "final_score",
@@ -89,6 +90,8 @@ class Contender:
             ``"self-attention over 16 steps"``, ...).
         baseline: the label of the agent it differs from only by attention, where there is one; the pair
             enters the "when does attention help" table.
+        algo: the ``train --algo`` it runs (default: ``variant``).
+        overrides: the ``--set`` overrides that make the variant, as (key, value) pairs.
     """
 
     label: str
@@ -96,6 +99,25 @@ class Contender:
     family: str
     memory: str
     baseline: str | None = None
+    algo: str | None = None
+    overrides: tuple[tuple[str, object], ...] = ()
+
+    def benchmark(self, rows: Iterable[Mapping], env_ids: Sequence[str]) -> Mapping | None:
+        """The first benchmark row (``results/benchmarks/*.json``: ``algo``, ``env_id``, ``overrides``) of this
+        agent on one of ``env_ids``, in that order of preference; None if there is none. A row matches when its
+        algorithm is this agent's and its overrides agree on the keys that make a variant
+        (:data:`VARIANT_KEYS`); others (a batch size equal to the preset's) do not matter."""
+        rows = list(rows)
+        mine = {key: value for key, value in self.overrides if key in VARIANT_KEYS}
+        for env_id in env_ids:
+            for row in rows:
+                theirs = {key: value for key, value in (row.get("overrides") or {}).items() if key in VARIANT_KEYS}
+                if row.get("algo") == (self.algo or self.variant) and row.get("env_id") == env_id and theirs == mine:
+                    return row
+        return None
+
+
+VARIANT_KEYS = ("frame_stack", "attention", "attend")  # the overrides that make a variant of an algorithm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,10 +152,40 @@ class Suite:
         return {c.label: score_matrix(root, self.experiments, c.variant, self.tasks, self.seeds)
                 for c in self.contenders}
 
-    def run_dirs(self, root: str | Path, label: str) -> list[Path]:
-        """Every finished run of ``label`` in this suite (all tasks and seeds found)."""
+    def sources(self, root: str | Path) -> dict[str, list[str]]:
+        """label -> for each task, ``"<experiment> k/n"`` (k of the n seeds found there) or ``"-"``."""
+        table = {}
+        for contender in self.contenders:
+            row = []
+            for task in self.tasks:
+                found = [find_run(root, self.experiments, contender.variant, task, seed) for seed in self.seeds]
+                where = sorted({run_dir.parents[2].name for run_dir in found if run_dir is not None})
+                count = sum(run_dir is not None for run_dir in found)
+                row.append(f"{'+'.join(where)} {count}/{len(self.seeds)}" if where else "-")
+            table[contender.label] = row
+        return table
+
+    def wall_times(self, root: str | Path, task: str | None = None) -> dict[str, dict[str, float]]:
+        """label -> :func:`wall_times` of its finished runs in this suite (on the task named ``task`` only, if
+        given)."""
+        return {c.label: wall_times(self.run_dirs(root, c.label, task)) for c in self.contenders}
+
+    def best_scores(self, raw: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Each task's best score ``(tasks,)``: ``Task.best``, or where that is NaN, the highest mean over seeds
+        of any contender in ``raw`` (label -> raw scores, as :meth:`raw_scores`)."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a task no contender has finished: NaN
+            means = np.array([np.nanmean(matrix, axis=0) for matrix in raw.values()])  # (contenders, tasks)
+            here = np.nanmax(means, axis=0)
+        return np.array([task.best if not math.isnan(task.best) else here[j] for j, task in enumerate(self.tasks)])
+
+    def run_dirs(self, root: str | Path, label: str, task: str | None = None) -> list[Path]:
+        """Every finished run of ``label`` in this suite (on the task named ``task`` only, if given)."""
         variant = self.contender(label).variant
-        found = (find_run(root, self.experiments, variant, task, seed) for task in self.tasks for seed in self.seeds)
+        tasks = [t for t in self.tasks if task is None or t.name == task]
+        if not tasks:
+            raise KeyError(f"no task {task!r} in {self.name}")
+        found = (find_run(root, self.experiments, variant, t, seed) for t in tasks for seed in self.seeds)
         return [run_dir for run_dir in found if run_dir is not None]
 
 
@@ -156,15 +208,17 @@ POMDP_SUITE = Suite(
     ),
     contenders=(
         Contender("DQN", "dqn", "Q-learning", "none"),
-        Contender("DQN-stack4", "dqn-stack4", "Q-learning", "4 stacked observations"),
+        Contender("DQN-stack4", "dqn-stack4", "Q-learning", "4 stacked observations", algo="dqn",
+                  overrides=(("frame_stack", 4),)),
         Contender("DRQN", "drqn", "Q-learning", "LSTM"),
         Contender("SA-DQN", "sadqn", "Q-learning", "self-attention over 16 steps", baseline="DRQN"),
         Contender("PPO", "ppo", "actor-critic", "none"),
-        Contender("PPO-stack4", "ppo-stack4", "actor-critic", "4 stacked observations"),
+        Contender("PPO-stack4", "ppo-stack4", "actor-critic", "4 stacked observations", algo="ppo",
+                  overrides=(("frame_stack", 4),)),
         Contender("PPO-LSTM", "ppo-lstm", "actor-critic", "LSTM"),
         Contender("PPO-attn", "ppo-attn", "actor-critic", "self-attention over 16 steps", baseline="PPO-LSTM"),
         Contender("PPO-attn-critic", "ppo-attn-critic", "actor-critic", "critic only: self-attention over 16 steps",
-                  baseline="PPO"),
+                  baseline="PPO", algo="ppo-attn", overrides=(("attend", "critic"),)),
         Contender("PPO-memory", "ppo-memory", "actor-critic", "key-value memory of the episode",
                   baseline="PPO-LSTM"),
         Contender("PPO-hmemory", "ppo-hmemory", "actor-critic", "hierarchical memory: chunks, then steps",
@@ -192,12 +246,13 @@ MINATAR_SUITE = Suite(
                                             ("Breakout, flicker 0.5", "Breakout", "Breakout-flicker0.5", 0.5))
     ),
     contenders=(
-        Contender("DQN-stack4", "dqn-stack4", "Q-learning", "4 stacked frames"),
+        Contender("DQN-stack4", "dqn-stack4", "Q-learning", "4 stacked frames", algo="dqn",
+                  overrides=(("frame_stack", 4),)),
         Contender("DRQN", "drqn", "Q-learning", "LSTM"),
         Contender("DARQN-soft", "darqn-soft", "Q-learning", "LSTM + soft attention over 8x8 cells",
-                  baseline="DRQN"),
+                  baseline="DRQN", algo="darqn", overrides=(("attention", "soft"),)),
         Contender("DARQN-hard", "darqn-hard", "Q-learning", "LSTM + hard attention over 8x8 cells",
-                  baseline="DRQN"),
+                  baseline="DRQN", algo="darqn", overrides=(("attention", "hard"),)),
         Contender("SA-DQN", "sadqn", "Q-learning", "self-attention over 8 frames", baseline="DRQN"),
         Contender("SA-DQN-entity", "sadqn-entity", "Q-learning", "none: self-attention over one frame's 8x8 cells",
                   baseline="DQN-stack4"),
@@ -323,11 +378,19 @@ def optimality_gap(scores: np.ndarray, threshold: float = 1.0) -> float:
 
 
 @contextlib.contextmanager
-def _quiet_bootstrap():
-    """arch (rliable's bootstrap) warns that ``random_state`` will go; rliable 1.2 passes nothing else."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=FutureWarning, module="arch")
+def _seeded_bootstrap(seed: int):
+    """Make rliable's bootstrap reproducible, and leave numpy's global generator as it was.
+
+    rliable 1.2 draws its resamples with ``np.random.choice``, numpy's *global* generator, whatever
+    ``random_state`` it is given (that only reaches arch, which warns that it is deprecated). So the global
+    generator is seeded here, and its state restored afterwards.
+    """
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
         yield
+    finally:
+        np.random.set_state(state)
 
 
 def _rliable():
@@ -342,10 +405,13 @@ def interval_estimates(scores: Mapping[str, np.ndarray], reps: int = 2000, seed:
                        ) -> dict[str, dict[str, tuple[float, float, float]]]:
     """IQM, mean, median and optimality gap of each agent's normalised scores, with 95% stratified-bootstrap CIs.
 
+    As ``rliable`` defines them: the IQM and the optimality gap pool all runs of all tasks; the mean is the
+    mean of the per-task means; the median is the median of the per-task means (over tasks, not runs).
+
     Args:
         scores: agent -> normalised scores ``(runs, tasks)``, no NaN.
         reps: bootstrap resamples (Agarwal et al. use 50,000; 2,000 keeps the book's cells quick).
-        seed: the bootstrap's random state.
+        seed: seeds the bootstrap (numpy's global generator, restored afterwards: see the module's note).
 
     Returns:
         agent -> metric (``"IQM"``, ``"mean"``, ``"median"``, ``"optimality gap"``) -> (estimate, low, high).
@@ -360,9 +426,8 @@ def interval_estimates(scores: Mapping[str, np.ndarray], reps: int = 2000, seed:
     for agent, matrix in scores.items():
         if np.isnan(matrix).any():
             raise ValueError(f"{agent}: missing runs (NaN) in its score matrix")
-    with _quiet_bootstrap():
-        point, interval = library.get_interval_estimates(dict(scores), aggregates, reps=reps,
-                                                         random_state=np.random.RandomState(seed))
+    with _seeded_bootstrap(seed):
+        point, interval = library.get_interval_estimates(dict(scores), aggregates, reps=reps)
     return {agent: {name: (float(point[agent][k]), float(interval[agent][0, k]), float(interval[agent][1, k]))
                     for k, name in enumerate(names)} for agent in scores}
 
@@ -375,10 +440,9 @@ def performance_profiles(scores: Mapping[str, np.ndarray], taus: np.ndarray, rep
         agent -> (profile ``(len(taus),)``, band ``(2, len(taus))``: low and high).
     """
     library, _ = _rliable()
-    with _quiet_bootstrap():
+    with _seeded_bootstrap(seed):
         profile, band = library.get_interval_estimates(
-            dict(scores), lambda x: library.score_distributions(x, taus), reps=reps,
-            random_state=np.random.RandomState(seed))
+            dict(scores), lambda x: library.score_distributions(x, taus), reps=reps)
     return {agent: (np.asarray(profile[agent]), np.asarray(band[agent])) for agent in scores}
 
 
@@ -398,9 +462,9 @@ def improvement_probabilities(pairs: Mapping[str, tuple[np.ndarray, np.ndarray]]
         name -> (estimate, low, high).
     """
     library, metrics = _rliable()
-    with _quiet_bootstrap():
+    with _seeded_bootstrap(seed):
         point, interval = library.get_interval_estimates(dict(pairs), metrics.probability_of_improvement,
-                                                         reps=reps, random_state=np.random.RandomState(seed))
+                                                         reps=reps)
     return {name: (float(point[name]), float(interval[name][0, 0]), float(interval[name][1, 0])) for name in pairs}
 
 
