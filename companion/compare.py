@@ -117,7 +117,9 @@ class Contender:
         return None
 
 
-VARIANT_KEYS = ("frame_stack", "attention", "attend")  # the overrides that make a variant of an algorithm
+#: The ``--set`` overrides that make a variant of an algorithm (DQN-stack4, DARQN-soft, PPO-attn-critic), the
+#: ones :meth:`Contender.benchmark` compares.
+VARIANT_KEYS = ("frame_stack", "attention", "attend")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,6 +195,8 @@ _CARTPOLE = "CartPole-v1's episode limit: 500 steps at reward 1"
 _POPGYM = "popgym's maximum return, 1 (Morad et al. 2023)"
 _CUE = "a correct recall every episode (companion.memory_tasks)"
 
+#: Chapter 8's first suite: the five small partially observable tasks of chapters 2-5 and 7, and the eleven
+#: agents that run on vector observations.
 POMDP_SUITE = Suite(
     name="partially observable control",
     tasks=(
@@ -236,6 +240,8 @@ POMDP_SUITE = Suite(
     ),
 )
 
+#: Chapter 8's second suite: chapter 6's MinAtar tasks at 50k steps and the six Q-learning agents that read
+#: frames.
 MINATAR_SUITE = Suite(
     name="MinAtar, 50k steps",
     tasks=tuple(

@@ -106,6 +106,7 @@ HOME: dict[str, str] = {
     "companion.memory_update": "notebooks/04_attention_memory",
     "companion.velocity_probe": "notebooks/07_sa_dqn",
     "companion.viz": "notebooks/06_darqn",
+    "companion.compare": "notebooks/08_comparisons",
 }
 
 #: Objects whose module spans chapters, each with the home its module's docstring gives it.
