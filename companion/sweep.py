@@ -3,14 +3,19 @@ submitit (``python -m companion sweep``).
 
 A grid is a declarative file in ``experiments/`` (read with Python's ``tomllib``): algorithms x envs x seeds x
 named sets of ``--set`` overrides, the budget, the step count, and where each run's directory goes. Each cell of
-the grid is exactly one ``python -m companion train ...`` command, the same one a shell script would run:
+the grid is exactly one ``python -m companion train ...`` command, the one its run's ``meta.json`` records:
 ``sweep GRID --dry-run`` prints them, and a run made by the sweep has the records of that command run by hand.
+``experiments/*.toml`` are the book's runs: each grid gives the commands of the stored runs it names, word for
+word (``tests/test_grids.py`` checks them against the runs' ``meta.json``).
 Nothing here builds a config: the train command does, through :func:`companion.train.build_config`.
 
-A grid file (``experiments/ch2.toml`` is the worked example)::
+A grid file (``experiments/ch2.toml`` is the worked example; ``ch6.toml`` has agent tables and a block's
+``order``, ``ch4_delay.toml`` per-env steps, ``ch3.toml`` interleaved blocks, ``ch2_remedies.toml`` agents'
+own override sets and list-valued excludes)::
 
     root = ".."                      # the runs' working folder, relative to this file (default: the current one)
     out = "results/{experiment}/{variant}/{env}/seed{seed}"   # the default
+    interleave = "seed"              # optional, the file's only: the blocks' runs queued seed by seed
 
     [[grid]]                         # one or more blocks; keys at the top are every block's defaults
     experiment = "ch2-pomdp"         # default: the file's name
@@ -22,18 +27,34 @@ A grid file (``experiments/ch2.toml`` is the worked example)::
     sets = { "" = {}, stack4 = { frame_stack = 4 } }   # named override sets: variants "dqn", "dqn-stack4", ...
     exclude = [{ algo = "drqn", set = "stack4" }]     # cells to leave out
     flags = []                       # further train flags, as typed
+    order = ["seed", "env", "algo", "set"]            # the default: the block's loops, outermost first
 
 An env is an id (``"CartPole-v1"``) or a table: ``id``, ``hide`` (indices), ``flicker`` (a probability), ``set``
-(overrides for that env, e.g. ``{ prev_action = true }``) and ``name`` (its folder; by default the id with
-``/`` as ``-`` and the wrappers appended, ``CartPole-v1-hide1_3``, as ``train`` names its default ``--out``).
-A run's variant is its algorithm, then ``-NAME`` for an override set named ``NAME`` (the set named ``""`` adds
-nothing). The folder pattern may use ``{experiment}``, ``{variant}``, ``{algo}``, ``{set}``, ``{env}``,
-``{env_id}`` and ``{seed}``. The order of the runs: seeds, then envs, then algorithms, then override sets.
+(overrides for that env, e.g. ``{ prev_action = true }``), ``steps`` (that env's step count, in place of the
+block's) and ``name`` (its folder; by default the id with ``/`` as ``-`` and the wrappers appended,
+``CartPole-v1-hide1_3``, as ``train`` names its default ``--out``).
+
+An algorithm is a name (``"dqn"``) or an agent table: ``algo``, ``name`` (the agent's folder, default the
+algorithm), ``set`` (the agent's own overrides, given right after its ``--algo``) and ``sets`` (its own named
+override sets, in place of the block's), e.g. ``{ algo = "dqn", name = "dqn-stack4", set = { frame_stack = 4 } }``
+for ``--algo dqn --set frame_stack=4 ...`` into ``dqn-stack4/``. A run's variant is its agent's name (the
+algorithm), then ``-NAME`` for an override set named ``NAME`` (the set named ``""`` adds nothing). The folder
+pattern may use ``{experiment}``, ``{variant}``, ``{algo}``, ``{set}``, ``{env}``, ``{env_id}`` and ``{seed}``;
+an ``exclude`` entry matches these fields (``env`` the folder or the id), a list matching any of its values
+(``{ variant = ["a", "b"], seed = [1, 2] }``).
+
+A run's command is ``train --algo ALGO [the agent's set] --env ID [--hide ...] [--flicker ...] --seed SEED``,
+then ``[--budget ...] [--steps ...] [flags] [--set ...]``: those last overrides are the block's ``set``, then the
+env's, then the override set's, each value as TOML gives it (``lr = 0.00025`` is written ``0.00025``; a string
+keeps its text: ``lr_end = "1e-4"``). The order of the runs: each block's in turn, its loops nested as its
+``order`` says (by default seeds, then envs, then algorithms, then override sets); with ``interleave = "seed"``
+every block's runs of the lowest seed come first (block by block, each in its order), then those of the next
+seed, and so on.
 
 Backends (:data:`BACKENDS`), all running each cell as its own ``python -m companion train`` subprocess with torch
 pinned to one thread (``OMP_NUM_THREADS=1``, and the run's ``threads`` setting, 1 by default):
 
-- ``local``: a pool of ``jobs`` runs at once (default: one per core), as ``xargs -P`` in the shell scripts.
+- ``local``: a pool of ``jobs`` runs at once (default: one per core), started in the grid's order.
   Ctrl-C (SIGINT) or SIGTERM to the sweep is passed on to every run once: each finishes its episode (or
   rollout), saves a checkpoint and stops, and queued runs do not start (a second signal stops the runs
   without saving, as for ``train``).
@@ -85,10 +106,14 @@ LOG_NAME = "sweep.log"
 #: the file in a run's directory that records the sweep's last attempt: where and when it ran, its exit status
 STATUS_NAME = "sweep.json"
 
-_BLOCK_KEYS = ("experiment", "algos", "envs", "seeds", "budget", "steps", "set", "sets", "exclude", "flags", "out")
+_BLOCK_KEYS = ("experiment", "algos", "envs", "seeds", "budget", "steps", "set", "sets", "exclude", "flags", "out",
+               "order")
 _TOP_KEYS = ("name", "description", "root", "grid")
-_ENV_KEYS = ("id", "name", "hide", "flicker", "set")
+_TOP_ONLY_KEYS = ("interleave",)  # keys of the file, not of a block
+_ENV_KEYS = ("id", "name", "hide", "flicker", "steps", "set")
+_AGENT_KEYS = ("algo", "name", "set", "sets")
 _OUT_FIELDS = ("experiment", "variant", "algo", "set", "env", "env_id", "seed")
+_ORDER = ("seed", "env", "algo", "set")  # a block's loops, outermost first, unless its order says otherwise
 _RECENT_S = 600  # a checkpoint younger than this, of a run the sweep did not start, may belong to a live run
 _SAVE_WAIT_S = 120  # how long a stopped run is given to save its checkpoint
 
@@ -198,9 +223,13 @@ def load_grid(path: str | Path) -> Grid:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as err:
         raise GridError(f"{path} is not valid TOML: {err}") from None
-    _known_keys(data, (*_TOP_KEYS, *_BLOCK_KEYS), str(path))
+    _known_keys(data, (*_TOP_KEYS, *_BLOCK_KEYS, *_TOP_ONLY_KEYS), str(path))
     name = _text(data, "name", path.stem, str(path))
     _text(data, "description", "", str(path))
+    interleave = data.get("interleave")
+    if interleave not in (None, "seed"):
+        raise GridError(f'{path}: interleave must be "seed" (the blocks\' runs queued seed by seed), not '
+                        f"{interleave!r}")
     root = (path.parent / _text(data, "root", ".", str(path))).resolve() if "root" in data else Path.cwd()
     defaults = {key: value for key, value in data.items() if key in _BLOCK_KEYS}
     blocks = data.get("grid", [{}])
@@ -213,6 +242,8 @@ def load_grid(path: str | Path) -> Grid:
         cells += _expand({**defaults, **block}, name, root, where)
     if not cells:
         raise GridError(f"{path}: the grid has no runs (is every cell excluded?)")
+    if interleave == "seed":  # stable: within a seed, the blocks' order and each block's own
+        cells.sort(key=lambda cell: cell.seed)
     _check_algos(cells, path)
     seen: dict[Path, Cell] = {}
     for cell in cells:
@@ -228,13 +259,26 @@ class _Env:
     id: str
     name: str
     args: tuple[str, ...]
+    steps: int | None
     overrides: dict[str, str]
 
 
+@dataclasses.dataclass(frozen=True)
+class _Agent:
+    algo: str
+    name: str
+    args: tuple[str, ...]  # its own --set overrides, given right after --algo
+    sets: dict[str, dict[str, str]] | None  # its own named override sets, in place of the block's
+
+
 def _expand(block: dict[str, Any], name: str, root: Path, where: str) -> list[Cell]:
-    """The cells of one block, checked: seeds, then envs, then algorithms, then override sets."""
+    """The cells of one block, checked, in the block's order (seeds, then envs, then algorithms, then override
+    sets, unless its ``order`` says otherwise)."""
     experiment = _text(block, "experiment", name, where)
-    algos = _strings(block, "algos", where, required=True)
+    if not isinstance(block.get("algos"), list) or not block["algos"]:
+        what = "is missing" if block.get("algos") is None else f"is {block['algos']!r}"
+        raise GridError(f"{where}: algos {what}; expected a list of strings such as [\"dqn\"] (or agent tables)")
+    agents = [_agent(agent, f"{where}: algos[{i}]") for i, agent in enumerate(block["algos"])]
     if not isinstance(block.get("envs"), list) or not block["envs"]:
         raise GridError(f"{where}: envs is missing or empty (a list of env ids or tables)")
     envs = [_env(env, f"{where}: envs[{i}]") for i, env in enumerate(block["envs"])]
@@ -242,15 +286,9 @@ def _expand(block: dict[str, Any], name: str, root: Path, where: str) -> list[Ce
     budget = block.get("budget")
     if budget is not None and budget not in BUDGETS:
         raise GridError(f"{where}: budget {budget!r} is not one of {', '.join(BUDGETS)}")
-    steps = block.get("steps")
-    if steps is not None and not (_is_int(steps) and steps >= 1):
-        raise GridError(f"{where}: steps must be a positive integer, not {steps!r}")
+    steps = _steps(block, where)
     common = _overrides(block.get("set", {}), f"{where}: set")
-    sets_table = block.get("sets", {"": {}})
-    if not isinstance(sets_table, dict) or not sets_table:
-        raise GridError(f'{where}: sets must be a table of named override tables, e.g. {{ "" = {{}}, '
-                        f"stack4 = {{ frame_stack = 4 }} }}")
-    sets = {set_name: _overrides(table, f"{where}: sets.{set_name}") for set_name, table in sets_table.items()}
+    sets = _named_sets(block.get("sets", {"": {}}), where)
     flags = _strings(block, "flags", where)
     if any(f in ("--out", "--resume", "--no-progress", "--stop-at") for f in flags):
         raise GridError(f"{where}: flags may not hold --out, --resume, --no-progress or --stop-at (the sweep "
@@ -266,35 +304,82 @@ def _expand(block: dict[str, Any], name: str, root: Path, where: str) -> list[Ce
     except (KeyError, IndexError, ValueError) as err:
         raise GridError(f"{where}: out {pattern!r} is not a folder pattern with the fields "
                         f"{', '.join('{' + f + '}' for f in _OUT_FIELDS)} ({err!r})") from None
+    order = block.get("order", list(_ORDER))
+    if not (isinstance(order, list) and sorted(order) == sorted(_ORDER)):
+        raise GridError(f"{where}: order must list seed, env, algo and set, each once, outermost loop first, not "
+                        f"{order!r}")
 
-    cells = []
-    for seed in seeds:
-        for env in envs:
-            for algo in algos:
-                for set_name, overrides in sets.items():
-                    fields: dict[str, Any] = dict(experiment=experiment, variant=algo + (f"-{set_name}" if set_name
-                                                                                         else ""),
-                                                  algo=algo, set=set_name, env=env.name, env_id=env.id, seed=seed)
-                    if any(all(fields[k] == v or k == "env" and v == env.id for k, v in entry.items())
-                           for entry in excludes):
+    def excluded(fields: dict[str, Any], env: _Env) -> bool:
+        def matches(key: str, value: Any) -> bool:
+            values = value if isinstance(value, list) else [value]  # a list matches any of its values
+            return fields[key] in values or key == "env" and env.id in values
+        return any(all(matches(key, value) for key, value in entry.items()) for entry in excludes)
+
+    ranked = []  # (the cell's position in each loop, the cell)
+    for seed_at, seed in enumerate(seeds):
+        for env_at, env in enumerate(envs):
+            for agent_at, agent in enumerate(agents):
+                for set_at, (set_name, overrides) in enumerate((agent.sets or sets).items()):
+                    fields: dict[str, Any] = dict(experiment=experiment, variant=agent.name + (f"-{set_name}" if
+                                                                                               set_name else ""),
+                                                  algo=agent.algo, set=set_name, env=env.name, env_id=env.id,
+                                                  seed=seed)
+                    if excluded(fields, env):
                         continue
-                    args = ["--algo", algo, "--env", env.id, *env.args, "--seed", str(seed)]
+                    args = ["--algo", agent.algo, *agent.args, "--env", env.id, *env.args, "--seed", str(seed)]
                     args += ["--budget", budget] if budget else []
-                    args += ["--steps", str(steps)] if steps else []
+                    args += ["--steps", str(env.steps or steps)] if env.steps or steps else []
                     args += flags
                     for key, value in {**common, **env.overrides, **overrides}.items():
                         args += ["--set", f"{key}={value}"]
-                    cells.append(Cell(experiment, fields["variant"], algo, set_name, env.id, env.name, seed,
-                                      tuple(args), pattern.format(**fields), root))
-    return cells
+                    at = dict(seed=seed_at, env=env_at, algo=agent_at, set=set_at)
+                    ranked.append(([at[loop] for loop in order],
+                                   Cell(experiment, fields["variant"], agent.algo, set_name, env.id, env.name, seed,
+                                        tuple(args), pattern.format(**fields), root)))
+    ranked.sort(key=lambda item: item[0])
+    return [cell for _, cell in ranked]
+
+
+def _steps(table: dict[str, Any], where: str) -> int | None:
+    steps = table.get("steps")
+    if steps is not None and not (_is_int(steps) and steps >= 1):
+        raise GridError(f"{where}: steps must be a positive integer, not {steps!r}")
+    return steps
+
+
+def _named_sets(table: Any, where: str) -> dict[str, dict[str, str]]:
+    """``sets``: named override tables, ``{ "" = {}, stack4 = { frame_stack = 4 } }``."""
+    if not isinstance(table, dict) or not table:
+        raise GridError(f'{where}: sets must be a table of named override tables, e.g. {{ "" = {{}}, '
+                        f"stack4 = {{ frame_stack = 4 }} }}")
+    return {set_name: _overrides(overrides, f"{where}: sets.{set_name}") for set_name, overrides in table.items()}
+
+
+def _agent(entry: Any, where: str) -> _Agent:
+    """An ``algos`` entry: an algorithm, or a table with ``algo``, its folder ``name``, its own overrides ``set``
+    (given right after ``--algo``) and its own named override sets ``sets``."""
+    if isinstance(entry, str) and entry:
+        return _Agent(entry, entry, (), None)
+    if not isinstance(entry, dict):
+        raise GridError(f"{where} must be an algorithm or a table with algo, name, set, sets; got {entry!r}")
+    _known_keys(entry, _AGENT_KEYS, where)
+    algo = _text(entry, "algo", "", where)
+    if not algo:
+        raise GridError(f"{where} has no algo")
+    args: list[str] = []
+    for key, value in _overrides(entry.get("set", {}), f"{where}.set").items():
+        args += ["--set", f"{key}={value}"]
+    sets = _named_sets(entry["sets"], where) if "sets" in entry else None
+    return _Agent(algo, _text(entry, "name", algo, where) or algo, tuple(args), sets)
 
 
 def _env(entry: Any, where: str) -> _Env:
     """An ``envs`` entry: an id, or a table with ``id`` and the POMDP wrappers."""
     if isinstance(entry, str) and entry:
-        return _Env(entry, env_dir_name(entry), (), {})
+        return _Env(entry, env_dir_name(entry), (), None, {})
     if not isinstance(entry, dict):
-        raise GridError(f"{where} must be an env id or a table with id, hide, flicker, set, name; got {entry!r}")
+        raise GridError(f"{where} must be an env id or a table with id, name, hide, flicker, steps, set; got "
+                        f"{entry!r}")
     _known_keys(entry, _ENV_KEYS, where)
     env_id = _text(entry, "id", "", where)
     if not env_id:
@@ -313,7 +398,7 @@ def _env(entry: Any, where: str) -> _Env:
     if flicker:
         args += ["--flicker", _value(flicker)]
     name = _text(entry, "name", env_dir_name(env_id, tuple(hide), float(flicker)), where)
-    return _Env(env_id, name, tuple(args), _overrides(entry.get("set", {}), f"{where}.set"))
+    return _Env(env_id, name, tuple(args), _steps(entry, where), _overrides(entry.get("set", {}), f"{where}.set"))
 
 
 def _known_keys(table: dict[str, Any], known: Sequence[str], where: str) -> None:
@@ -416,7 +501,7 @@ def run_state(run_dir: str | Path) -> RunState:
       ``"finished"`` time alone is not enough: an interrupted session writes one too).
     - ``running?``: the sweep's last attempt is still running (its process is alive on this host, or it runs
       on another host, where it cannot be checked), or a run the sweep did not start wrote its checkpoint or
-      config in the last 10 minutes (a shell script may be training it).
+      config in the last 10 minutes (a train command run by hand may be training it).
     - ``failed``: the last attempt exited with an error (``detail``: its log's last line).
     - ``interrupted``: a checkpoint and no finish (stopped by a signal or ``--stop-at``, or killed), or a run
       the sweep started that was killed before its first checkpoint (it starts again).

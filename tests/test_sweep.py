@@ -1,5 +1,7 @@
-"""companion.sweep and ``python -m companion sweep`` (issue 17, part 1): a grid file expands into train commands
-(chapter 2's grid into exactly the commands of experiments/ch2.sh); bad grids are one-line errors; the local pool,
+"""companion.sweep and ``python -m companion sweep`` (issue 17): a grid file expands into train commands (chapter
+2's grid into exactly the commands of the former experiments/ch2.sh; agent tables, per-env steps, list-valued
+excludes, a block's loop order and seed-by-seed blocks as the other former scripts need them; the book's grids
+against the stored runs: tests/test_grids.py); bad grids are one-line errors; the local pool,
 Ray and submitit run a tiny grid to the records of its commands run one by one; a second sweep skips finished
 runs, resumes an interrupted one and reruns a failed one; a failing run does not stop the others; Ctrl-C or
 SIGTERM of a sweep leaves runs that resume; --status reads it all without starting anything."""
@@ -10,7 +12,6 @@ import filecmp
 import json
 import os
 import pickle
-import re
 import shlex
 import signal
 import socket
@@ -141,7 +142,8 @@ def test_envs_sets_excludes_and_the_folder_pattern(tmp_path):
 
 
 def _ch2_sh_commands() -> list[str]:
-    """experiments/ch2.sh's commands, derived by reading the script (its loops, then xargs's --no-progress)."""
+    """The former experiments/ch2.sh's commands, derived by reading the script (its loops, then xargs's
+    --no-progress); the script's echoed lines equalled them until it was replaced by experiments/ch2.toml."""
     lines = [f"train --algo dqn --env CartPole-v1 --seed {seed} --budget book "
              f"--out results/ch2-cartpole/dqn/CartPole-v1/seed{seed}" for seed in range(5)]
     for seed in range(3):
@@ -154,16 +156,60 @@ def _ch2_sh_commands() -> list[str]:
     return [f"python -m companion {line} --no-progress" for line in lines]
 
 
-def test_the_ch2_grid_is_the_commands_of_ch2_sh():
+def test_the_ch2_grid_is_the_commands_of_the_former_ch2_sh():
     grid = load_grid(ROOT / "experiments" / "ch2.toml")
     assert grid.root == ROOT
     assert grid.commands() == _ch2_sh_commands()
-    # The script's own echo lines, run without its xargs: the block between "{" and "} | xargs" only echoes.
-    script = (ROOT / "experiments" / "ch2.sh").read_text()
-    block = re.search(r"^\{\n(.*?)^\} \| xargs", script, re.S | re.M).group(1)
-    echoed = subprocess.run(["bash", "-c", "set -euo pipefail\n" + block], capture_output=True, text=True,
-                            check=True).stdout.splitlines()
-    assert grid.commands() == [f"python -m companion {line} --no-progress" for line in echoed]
+
+
+def test_agent_tables_env_steps_list_excludes_order_and_interleave(tmp_path):
+    path = tmp_path / "g.toml"
+    path.write_text("""
+        interleave = "seed"
+        seeds = [1, 0]
+        [[grid]]
+        experiment = "a"
+        algos = [{ algo = "ppo", name = "ppo-stack4", set = { frame_stack = 4, prev_action = true } },
+                 { algo = "drqn", sets = { all = { burn_in = 8 }, all-t250 = { burn_in = 8, target_update = 250 } } },
+                 "ppo"]
+        envs = [{ id = "CueRecall-D4-v0", steps = 12000, set = { n_steps = 6 } }, "CartPole-v1"]
+        steps = 100
+        set = { eval_episodes = 50 }
+        sets = { "" = {}, K4 = { seq_len = 4 } }
+        exclude = [{ variant = ["drqn-all-t250", "ppo-K4"], seed = [0, 5] }, { algo = "drqn", env = "CartPole-v1" }]
+        order = ["algo", "set", "env", "seed"]
+        [[grid]]
+        experiment = "b"
+        algos = ["dqn"]
+        envs = ["CartPole-v1"]
+        """.replace("\n        ", "\n"))
+    grid = load_grid(path)
+    block_a = [("ppo-stack4", "CueRecall-D4-v0"), ("ppo-stack4", "CartPole-v1"), ("ppo-stack4-K4", "CueRecall-D4-v0"),
+               ("ppo-stack4-K4", "CartPole-v1"), ("drqn-all", "CueRecall-D4-v0"), ("drqn-all-t250", "CueRecall-D4-v0"),
+               ("ppo", "CueRecall-D4-v0"), ("ppo", "CartPole-v1"), ("ppo-K4", "CueRecall-D4-v0"),
+               ("ppo-K4", "CartPole-v1")]  # agent by agent, its sets (drqn: its own), envs; seeds innermost
+    expected = []
+    for seed in (0, 1):  # interleaved: the lowest seed first, block a's runs then block b's
+        expected += [f"a/{variant}/{env}/seed{seed}" for variant, env in block_a
+                     if not (seed == 0 and variant in ("drqn-all-t250", "ppo-K4"))]
+        expected += [f"b/dqn/CartPole-v1/seed{seed}"]
+    assert [cell.out.split("/", 1)[1] for cell in grid.cells] == expected
+    cells = {cell.out.split("/", 1)[1]: cell for cell in grid.cells}
+    stack = cells["a/ppo-stack4-K4/CueRecall-D4-v0/seed1"]
+    assert (stack.variant, stack.algo, stack.set_name, stack.seed) == ("ppo-stack4-K4", "ppo", "K4", 1)
+    assert stack.argv()[:-3] == ["train", "--algo", "ppo", "--set", "frame_stack=4", "--set", "prev_action=true",
+                                 "--env", "CueRecall-D4-v0", "--seed", "1", "--steps", "12000", "--set",
+                                 "eval_episodes=50", "--set", "n_steps=6", "--set", "seq_len=4"]
+    assert cells["a/ppo/CartPole-v1/seed0"].args == ("--algo", "ppo", "--env", "CartPole-v1", "--seed", "0",
+                                                     "--steps", "100", "--set", "eval_episodes=50")
+    assert cells["a/drqn-all-t250/CueRecall-D4-v0/seed1"].args[2:] == (
+        "--env", "CueRecall-D4-v0", "--seed", "1", "--steps", "12000", "--set", "eval_episodes=50", "--set",
+        "n_steps=6", "--set", "burn_in=8", "--set", "target_update=250")
+    path.write_text(path.read_text().replace('interleave = "seed"', ""))
+    assert [cell.out.split("/", 1)[1] for cell in load_grid(path).cells] == [
+        f"a/{variant}/{env}/seed{seed}" for variant, env in block_a for seed in (1, 0)
+        if not (seed == 0 and variant in ("drqn-all-t250", "ppo-K4"))] + [f"b/dqn/CartPole-v1/seed{seed}"
+                                                                          for seed in (1, 0)]
 
 
 def test_dry_run_prints_the_commands(capsys):
@@ -196,6 +242,15 @@ BASE = 'algos = ["dqn"]\nenvs = ["CartPole-v1"]\nseeds = [0]\n'
     (BASE + "set = { lr = { a = 1 } }", "set: lr must be a number, a string, a boolean or a list of numbers"),
     (BASE + "sets = []", "sets must be a table of named override tables"),
     (BASE + "exclude = [{ agent = 'dqn' }]", "exclude: unknown key 'agent'"),
+    (BASE + "order = ['seed', 'env', 'algo']", "order must list seed, env, algo and set, each once"),
+    (BASE + "interleave = 'env'", 'interleave must be "seed"'),
+    ("[[grid]]\ninterleave = 'seed'\n" + BASE, "[[grid]] 1: unknown key 'interleave'"),
+    (BASE.replace('["dqn"]', "[{ algo = 'dqn', agent = 'x' }]"), "algos[0]: unknown key 'agent'; valid: algo, name"),
+    (BASE.replace('["dqn"]', "[{ name = 'x' }]"), "algos[0] has no algo"),
+    (BASE.replace('["dqn"]', "[{ algo = 'dqn', sets = [] }]"), "sets must be a table of named override tables"),
+    (BASE.replace('["dqn"]', "[{ algo = 'dqnn' }]"), "unknown algorithm 'dqnn'"),
+    (BASE.replace('["dqn"]', "[{ algo = 'dqn' }, 'dqn']"), "two runs would share the directory"),
+    (BASE.replace('"CartPole-v1"', '{ id = "CartPole-v1", steps = -5 }'), "envs[0]: steps must be a positive"),
     (BASE + "exclude = [{ algo = 'dqn' }]", "the grid has no runs"),
     (BASE + "flags = ['--out', 'x']", "flags may not hold --out"),
     (BASE + "flags = ['--bogus']", "the run results/g/dqn/CartPole-v1/seed0 is not a train command: python -m "
