@@ -81,6 +81,7 @@ import re
 import shlex
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import threading
@@ -596,12 +597,19 @@ def _now() -> str:
 
 
 def status_report(grid: Grid) -> str:
-    """``sweep GRID --status``: one line per run, its state and :attr:`RunState.detail`, then the counts."""
+    """``sweep GRID --status``: one line per run, its state and :attr:`RunState.detail`, then the counts and the
+    done runs' wall time (the sum of their ``meta.json`` ``wall_seconds``: one core's time, not the sweep's)."""
     states = [(cell, run_state(cell.run_dir)) for cell in grid.cells]
     lines = [f"{state.state:<12} {cell.out}" + (f": {state.detail}" if state.detail and state.state != "done" else "")
              for cell, state in states]
     counts = {name: sum(state.state == name for _, state in states) for name in STATES}
     lines.append(f"{len(states)} runs: " + ", ".join(f"{n} {name}" for name, n in counts.items()))
+    seconds = [_read_json(cell.run_dir / "meta.json").get("wall_seconds") for cell, state in states
+               if state.state == "done"]
+    seconds = [float(value) for value in seconds if isinstance(value, (int, float))]
+    if seconds:
+        lines.append(f"wall time of the {len(seconds)} done runs (meta.json): {sum(seconds) / 3600:.2f} h in all, "
+                     f"median {statistics.median(seconds):.0f} s, longest {max(seconds):.0f} s")
     return "\n".join(lines)
 
 

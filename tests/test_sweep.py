@@ -313,9 +313,13 @@ def test_a_second_sweep_skips_finished_runs(swept, capsys):
     assert [(o.state, o.action, o.returncode) for o in outcomes] == [("done", "skipped", None)] * 2
     assert before == {seed: (_out(folder, seed) / "metrics.csv").stat().st_mtime_ns for seed in (0, 1)}
     assert main(["sweep", str(folder / "tiny.toml"), "--status"]) == 0
-    assert capsys.readouterr().out.splitlines() == [
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:3] == [
         "done         results/tiny/dqn/CartPole-v1/seed0", "done         results/tiny/dqn/CartPole-v1/seed1",
         "2 runs: 2 done, 0 running?, 0 interrupted, 0 failed, 0 not started"]
+    seconds = [json.loads((_out(folder, seed) / "meta.json").read_text())["wall_seconds"] for seed in (0, 1)]
+    assert lines[3:] == [f"wall time of the 2 done runs (meta.json): {sum(seconds) / 3600:.2f} h in all, "
+                         f"median {sum(seconds) / 2:.0f} s, longest {max(seconds):.0f} s"]
 
 
 @pytest.mark.slow
