@@ -67,6 +67,10 @@ class RunConfig:
     device: str = ""  # "" = automatic
     threads: int = 1  # torch CPU threads; 0 = torch's default. Small networks train fastest on one
     # (measured on a 2-core machine: a DQN update on CartPole took 4 ms with 1 thread, 25-96 ms with 2).
+    # torch.compile the networks the update runs (Agent.compile; not NEC). Compiling takes seconds to a minute (one
+    # line on stderr says how long); records then differ from an eager run's in float rounding. benchmarks/flop_bound.py
+    # measures what it gains per update.
+    compile: bool = False
 
 
 # Steps per run, by env family and budget. The budget scales steps and sizes, never the algorithm.
@@ -378,6 +382,8 @@ def train(run: RunConfig, agent_config: Any, out: str | Path, *, resume: bool = 
         torch.set_num_threads(run.threads)
     device = get_device(run.device or None)
     agent = agent_cls(obs_shape, n_actions, agent_config, device)
+    if run.compile:  # before the run directory exists: an agent that refuses leaves nothing behind
+        agent.compile()
     resume_from = None
     if resume:
         saved = run_dir.load_checkpoint()

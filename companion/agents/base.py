@@ -12,13 +12,16 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import sys
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from companion.buffers import (
     PrioritizedReplayBuffer,
@@ -28,10 +31,36 @@ from companion.buffers import (
     window_td_error,
 )
 
-__all__ = ["Agent", "DQNRMSprop", "EnvPreset", "QAgent", "QLearningConfig", "SequenceTensors", "linear_schedule",
-           "lr_scheduled", "make_optimizer", "masked_mean", "replay_loss", "schedule_step",
-           "scheduled_lr", "sequence_td", "sequence_tensors", "target_copy_ceiling",
-           "td_loss"]
+__all__ = ["COMPILE_PREFIX", "Agent", "DQNRMSprop", "EnvPreset", "QAgent", "QLearningConfig", "SequenceTensors",
+           "linear_schedule",
+           "compile_module", "lr_scheduled", "make_optimizer", "masked_mean", "replay_loss",
+           "schedule_step", "scheduled_lr", "sequence_td", "sequence_tensors", "strip_compile_prefix",
+           "target_copy_ceiling", "td_loss"]
+
+#: the prefix ``torch.compile(module)`` gives every key of its wrapper's ``state_dict``
+COMPILE_PREFIX = "_orig_mod."
+
+
+def strip_compile_prefix(state: dict[str, Any]) -> dict[str, Any]:
+    """A module's ``state_dict`` with :data:`COMPILE_PREFIX` removed from its keys (a copy; other dicts unchanged).
+
+    The agents save their eager modules, whose keys carry no prefix, even with ``compile=true``; this lets a
+    ``state_dict`` saved from a ``torch.compile`` wrapper (``_orig_mod.encoder.net.1.weight``) load as well."""
+    if not any(isinstance(k, str) and k.startswith(COMPILE_PREFIX) for k in state):
+        return state
+    state = dict(state)
+    consume_prefix_in_state_dict_if_present(state, COMPILE_PREFIX)
+    return state
+
+
+def compile_module(module: Callable[..., Any]) -> Callable[..., Any]:
+    """``torch.compile(module)``: a wrapper that shares the module's parameters (an optimizer of the module
+    steps the compiled one too) and compiles on its first call, and again for each new input shape or grad
+    mode. Raises ``RuntimeError`` where this torch cannot compile (no C++ compiler, an unsupported Python)."""
+    try:
+        return torch.compile(module)
+    except Exception as error:  # noqa: BLE001 (torch raises several kinds; the message says which)
+        raise RuntimeError(f"torch.compile is unavailable here: {error}") from error
 
 
 @dataclasses.dataclass
@@ -214,6 +243,35 @@ class Agent(ABC):
 
     def __init__(self, obs_shape: tuple[int, ...], n_actions: int, config: Any, device: torch.device) -> None:
         self.obs_shape, self.n_actions, self.config, self.device = tuple(obs_shape), n_actions, config, device
+        #: set by :meth:`compile`: the next update's wall time is printed as the compile time, once
+        self._compile_pending = False
+
+    def compile(self) -> None:
+        """Compile the networks the update runs with ``torch.compile`` (the run setting ``compile=true``).
+
+        Only the update's calls go through the compiled networks; acting, evaluation and checkpoints use the
+        eager modules, which share the parameters (so ``state_dict`` keys do not change). Compilation happens
+        on the first update, whose wall time is printed as one line on stderr. The arithmetic is the same up to
+        float rounding (fused kernels add in another order), so a compiled run's records are not byte-identical
+        to an eager one's. An agent whose update cannot be compiled raises ``ValueError`` naming it.
+        """
+        raise ValueError(f"compile=true is not supported for {type(self).__name__}")
+
+    def _mark_compiled(self) -> None:
+        self._compile_pending = True
+
+    @contextlib.contextmanager
+    def _compile_note(self) -> Iterator[None]:
+        """Around an update: after the first one following :meth:`compile`, print how long it took (the
+        compilation, mostly)."""
+        if not self._compile_pending:
+            yield
+            return
+        start = time.perf_counter()
+        yield
+        self._compile_pending = False
+        print(f"compile: {type(self).__name__}'s networks compiled by torch.compile; the first update took "
+              f"{time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
 
     @classmethod
     @abstractmethod
@@ -277,8 +335,11 @@ class Agent(ABC):
         return {name: module.state_dict() for name, module in self.modules().items()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Load what :meth:`state_dict` gave; module keys saved from a ``torch.compile`` wrapper (``_orig_mod.``)
+        load too (:func:`strip_compile_prefix`)."""
         for name, module in self.modules().items():
-            module.load_state_dict(state[name])
+            saved = state[name]
+            module.load_state_dict(strip_compile_prefix(saved) if isinstance(module, nn.Module) else saved)
 
     def policy_state_dict(self) -> dict[str, Any]:
         """The acting network's weights, as written to ``policy.pt``."""
@@ -286,7 +347,7 @@ class Agent(ABC):
 
     def load_policy_state_dict(self, state: dict[str, Any]) -> None:
         """Load ``policy.pt`` (what a fresh clone has: no optimizer, no target network)."""
-        self.policy_network().load_state_dict(state)
+        self.policy_network().load_state_dict(strip_compile_prefix(state))
 
     def num_parameters(self) -> int:
         """Trainable parameters of the acting network."""
@@ -416,6 +477,10 @@ class QAgent(Agent):
         config.validate()
         self.q = network.to(device)
         self.target = copy.deepcopy(self.q).requires_grad_(False)
+        #: the online and target networks as :meth:`loss` calls them: the modules, or with :meth:`compile` their
+        #: ``torch.compile`` wrappers (same parameters); acting and checkpoints use ``q`` and ``target``
+        self.q_fn: Callable[..., Any] = self.q
+        self.target_fn: Callable[..., Any] = self.target
         self.optimizer = make_optimizer(self.q.parameters(), config)
         #: prioritized replay's importance-sampling exponent now (:meth:`set_step` anneals it)
         self.beta = config.priority_beta
@@ -445,7 +510,13 @@ class QAgent(Agent):
 
     @abstractmethod
     def loss(self, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
-        """The TD loss on a batch from this agent's buffer, and scalars to log."""
+        """The TD loss on a batch from this agent's buffer, and scalars to log (through :attr:`q_fn` and
+        :attr:`target_fn`)."""
+
+    def compile(self) -> None:
+        """``torch.compile`` the online and target networks for :meth:`loss` (:meth:`Agent.compile`)."""
+        self.q_fn, self.target_fn = compile_module(self.q), compile_module(self.target)
+        self._mark_compiled()
 
     def set_step(self, step: int, total_steps: int = 0) -> None:
         """Told the env step (and the run's length) before each burst of updates: anneals the learning rate
@@ -467,14 +538,15 @@ class QAgent(Agent):
         """
         c = self.config
         batch = buffer.sample(c.batch_size, beta=self.beta) if c.prioritized else buffer.sample(c.batch_size)
-        loss, info = self.loss(batch)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if c.grad_clamp:
-            nn.utils.clip_grad_value_(self.q.parameters(), c.grad_clamp)
-        if c.max_grad_norm:
-            nn.utils.clip_grad_norm_(self.q.parameters(), c.max_grad_norm)
-        self.optimizer.step()
+        with self._compile_note():
+            loss, info = self.loss(batch)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if c.grad_clamp:
+                nn.utils.clip_grad_value_(self.q.parameters(), c.grad_clamp)
+            if c.max_grad_norm:
+                nn.utils.clip_grad_norm_(self.q.parameters(), c.max_grad_norm)
+            self.optimizer.step()
         if c.prioritized:
             if batch.td_errors is None:
                 raise RuntimeError(f"{type(self).__name__}.loss left no TD errors on the batch: reduce its "
@@ -491,6 +563,7 @@ class QAgent(Agent):
         return self.q
 
     def load_policy_state_dict(self, state: dict[str, Any]) -> None:
+        state = strip_compile_prefix(state)
         self.q.load_state_dict(state)
         self.target.load_state_dict(state)
 

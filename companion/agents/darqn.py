@@ -208,9 +208,9 @@ class DARQN(QAgent):
         """TD loss at every unmasked step; with hard attention, plus REINFORCE and the baseline's fit."""
         c = self.config
         seq = sequence_tensors(batch, c, self.device, c.burn_in)
-        q_all, _, extras = self.q(seq.inputs, sample=True)  # (B, T+1, A)
+        q_all, _, extras = self.q_fn(seq.inputs, sample=True)  # (B, T+1, A)
         with torch.no_grad():
-            next_q = self.target(seq.inputs, sample=True)[0][:, 1:]  # (B, T, A)
+            next_q = self.target_fn(seq.inputs, sample=True)[0][:, 1:]  # (B, T, A)
         loss, target, q_taken = sequence_td(q_all[:, :-1], q_all[:, 1:], next_q, seq, c)
         info = {"q": seq.masked_mean(q_taken.detach()).item()}
         entropy = -(extras["weights"] * extras["weights"].clamp_min(1e-12).log()).sum(-1)[:, :-1]  # (B, T)

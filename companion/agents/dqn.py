@@ -131,11 +131,11 @@ class DQN(QAgent):
         rewards, terminated = to(batch.rewards), to(batch.terminated).float()
         if c.reward_clip:
             rewards = rewards.clamp(-c.reward_clip, c.reward_clip)
-        q_taken = self.q(obs).gather(1, actions[:, None]).squeeze(1)  # (B,)
+        q_taken = self.q_fn(obs).gather(1, actions[:, None]).squeeze(1)  # (B,)
         with torch.no_grad():
-            next_q = self.target(next_obs)  # (B, A)
+            next_q = self.target_fn(next_obs)  # (B, A)
             if c.double_dqn:  # the online net chooses, the target net evaluates
-                next_value = next_q.gather(1, self.q(next_obs).argmax(1, keepdim=True)).squeeze(1)
+                next_value = next_q.gather(1, self.q_fn(next_obs).argmax(1, keepdim=True)).squeeze(1)
             else:
                 next_value = next_q.max(1).values
             target = rewards + c.gamma * (1.0 - terminated) * next_value  # (B,)

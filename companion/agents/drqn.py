@@ -135,8 +135,8 @@ class DRQN(QAgent):
         """The TD loss averaged over the unmasked positions after the burn-in, and scalars to log."""
         seq = sequence_tensors(batch, self.config, self.device, self.config.burn_in)
         start = self._window_state(batch)  # None: a zero state
-        q_all, _ = self.q(seq.inputs, start)  # (B, T+1, A)
+        q_all, _ = self.q_fn(seq.inputs, start)  # (B, T+1, A)
         with torch.no_grad():
-            next_q = self.target(seq.inputs, start)[0][:, 1:]  # (B, T, A)
+            next_q = self.target_fn(seq.inputs, start)[0][:, 1:]  # (B, T, A)
         loss, _, q_taken = sequence_td(q_all[:, :-1], q_all[:, 1:], next_q, seq, self.config)
         return loss, {"q": seq.masked_mean(q_taken.detach()).item()}

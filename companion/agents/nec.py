@@ -517,6 +517,14 @@ class NEC(Agent):
             self.dnd_optimizer.step()
         return {"loss": loss.item(), "q": q_taken.detach().mean().item()}
 
+    def compile(self) -> None:
+        """Refused: NEC's update is mostly DND lookups (a top-k over a memory that grows and changes at every
+        step, gathered with sparse gradients), which ``torch.compile`` cannot hold in one graph; the embedding
+        it could compile is a small MLP."""
+        raise ValueError("compile=true is not supported for nec: its update is mostly DND lookups (a top-k over "
+                         "a memory that changes at every step, sparse gradients), which torch.compile cannot "
+                         "hold in one graph")
+
     def sync_target(self) -> None:
         """Nothing to do: NEC has no target network (its targets are N-step returns fixed when written)."""
 

@@ -189,10 +189,10 @@ class SADQN(QAgent):
         agent's acting context. No position outside ``0..K-1`` is read."""
         c = self.config
         seq = sequence_tensors(batch, c, self.device, c.burn_in)
-        q_online, _ = self.q(seq.inputs[:, :-1])  # (B, K, A)
+        q_online, _ = self.q_fn(seq.inputs[:, :-1])  # (B, K, A)
         with torch.no_grad():
-            next_online = self.q(seq.inputs[:, 1:])[0]  # (B, K, A): the Double-DQN argmax
-            next_target = self.target(seq.inputs[:, 1:])[0]  # (B, K, A)
+            next_online = self.q_fn(seq.inputs[:, 1:])[0]  # (B, K, A): the Double-DQN argmax
+            next_target = self.target_fn(seq.inputs[:, 1:])[0]  # (B, K, A)
         loss, _, q_taken = sequence_td(q_online, next_online, next_target, seq, c)
         return loss, {"q": seq.masked_mean(q_taken.detach()).item()}
 
