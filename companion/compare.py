@@ -311,7 +311,7 @@ def find_run(root: str | Path, experiments: Sequence[str], variant: str, task: T
         if (run_dir / "eval.csv").is_file():
             try:
                 final_score(run_dir, task.steps)
-            except ValueError:
+            except (ValueError, FileNotFoundError):  # unfinished, or in progress (no evaluation or meta.json yet)
                 continue
             found.append(run_dir)
     if len(found) > 1:

@@ -543,10 +543,16 @@ def check_masked_td_loss(fn: Callable[..., object]) -> bool:
 # Chapter 8: aggregate metrics over runs and tasks
 # --------------------------------------------------------------------------------------------------
 def _scores_case() -> tuple[Tensor, Tensor]:
-    """Two score matrices ``(runs, tasks)``: X (5 runs x 3 tasks) and Y (3 runs x 3 tasks), with ties."""
-    x = torch.tensor([[0.9, 0.1, 1.4], [0.2, 0.3, 0.8], [0.5, 0.3, 0.9], [1.1, 0.0, 0.7], [0.4, 0.6, 2.0]],
+    """Two score matrices ``(runs, tasks)``: X (3 runs x 5 tasks) and Y (4 runs x 5 tasks), with 3 ties on a task.
+
+    Chosen so that every mistake the checks name gives a value of its own: the IQM, the median, the mean, the
+    quarter rounded up, each task's IQM averaged, the IQM of the per-task means; P(X > Y) with ties as halves,
+    as 0 or 1, the fraction of tasks won, runs paired across tasks, P(Y > X).
+    """
+    x = torch.tensor([[0.3, 0.5, 1.9, 1.9, 2.0], [0.0, 0.7, 0.3, 1.3, 1.5], [1.3, 1.2, 0.1, 1.9, 2.0]],
                      dtype=torch.float64)
-    y = torch.tensor([[0.5, 0.3, 0.6], [0.7, 0.2, 0.9], [0.1, 0.3, 1.5]], dtype=torch.float64)
+    y = torch.tensor([[1.0, 0.5, 0.3, 0.6, 0.6], [1.6, 1.9, 1.0, 0.7, 1.5], [1.8, 1.8, 1.6, 1.0, 0.9],
+                      [1.2, 0.4, 1.3, 1.7, 1.3]], dtype=torch.float64)
     return x, y
 
 
