@@ -2,7 +2,11 @@
 
 Run by hand, on an otherwise idle machine (needs the `bench` extra: `pip install -e ".[bench]"`):
 
-    .venv/bin/python benchmarks/dqn_throughput.py [--steps 50000] [--seeds 0 1 2]
+    .venv/bin/python benchmarks/dqn_throughput.py [--steps 50000] [--seeds 0 1 2] [--set compile=true]
+
+``--set KEY=VALUE`` (repeatable) changes a setting of the companion's run only, as ``train --set`` does (for example
+``compile=true``: its networks compiled by ``torch.compile``, the compilation counted in its wall time); the JSON
+written by ``--save`` records them.
 
 Both use RL Baselines3 Zoo's tuned CartPole settings (lr 2.3e-3, batch 64, buffer 100k, learning
 starts 1000, target copy every 10 steps, 128 updates every 256 steps, epsilon 1 -> 0.04 over 16% of
@@ -36,9 +40,9 @@ SETTINGS = dict(lr=2.3e-3, batch_size=64, buffer_size=100_000, learning_starts=1
                 loss="huber", max_grad_norm=10.0, double_dqn=False, hidden=(256, 256))
 
 
-def run_companion(steps: int, seed: int, out: Path) -> tuple[float, float, object, float]:
+def run_companion(steps: int, seed: int, out: Path, extra: dict[str, str]) -> tuple[float, float, object, float]:
     run, agent = build_config("dqn", "CartPole-v1", seed=seed, total_steps=steps, budget="book",
-                              overrides={**SETTINGS, "eval_every": steps, "eval_episodes": 10, "threads": 1})
+                              overrides={**SETTINGS, "eval_every": steps, "eval_episodes": 10, "threads": 1, **extra})
     start = time.perf_counter()
     result = train(run, agent, out, show_progress=False)
     wall = time.perf_counter() - start
@@ -110,13 +114,17 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--out", type=Path, default=Path("runs/bench"))
     parser.add_argument("--save", type=Path, default=None, help="also write the figures and provenance as JSON")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a setting of the companion's run (repeatable), e.g. compile=true")
     args = parser.parse_args()
+    extra = dict(item.split("=", 1) for item in args.set)
     torch.set_num_threads(1)
-    print(f"CartPole-v1, {args.steps} steps, torch {torch.__version__}, 1 thread")
+    print(f"CartPole-v1, {args.steps} steps, torch {torch.__version__}, 1 thread, "
+          f"companion settings {extra or 'preset'}")
     rows = []
     for seed in args.seeds:
         out = args.out / f"dqn-seed{seed}-{int(time.time())}"
-        ours_sps, ours_return, result, wall = run_companion(args.steps, seed, out)
+        ours_sps, ours_return, result, wall = run_companion(args.steps, seed, out, extra)
         sb3_sps, sb3_return = run_sb3(args.steps, seed)
         rows.append((ours_sps, sb3_sps, ours_return, sb3_return))
         print(f"seed {seed}: companion {ours_sps:7.1f} steps/s, return {ours_return:6.1f} | "
@@ -132,7 +140,7 @@ def main() -> None:
 
         from companion.records import provenance
 
-        record = {"steps": args.steps, "seeds": args.seeds,
+        record = {"steps": args.steps, "seeds": args.seeds, "companion_settings": extra,
                   "per_seed": [dict(zip(("companion_sps", "sb3_sps", "companion_return", "sb3_return"), r,
                                         strict=True)) for r in rows],
                   "ratio": float(ours.mean() / sb3.mean()), "loop": parts, **provenance()}
