@@ -172,6 +172,24 @@ class Suite:
         given)."""
         return {c.label: wall_times(self.run_dirs(root, c.label, task)) for c in self.contenders}
 
+    def costs(self, root: str | Path, rows: Iterable[Mapping], env_ids: Sequence[str], task: str,
+              ) -> list[dict[str, object]]:
+        """One dict per contender: ``label``, ``parameters``, ``ms`` per update and its FLOP ``bound_ms`` (from
+        the first benchmark row of :meth:`Contender.benchmark` on ``env_ids``; None where none is stored), and the
+        median ``wall`` seconds of its runs on the task named ``task``, with ``shared``: True where one of those
+        runs is this chapter's (``ch8-*``), made while other work shared the machine (their wall times are
+        inflated)."""
+        rows = list(rows)
+        table = []
+        for contender in self.contenders:
+            row = contender.benchmark(rows, env_ids) or {}
+            run_dirs = self.run_dirs(root, contender.label, task)
+            table.append({"label": contender.label, "parameters": row.get("parameters"),
+                          "ms": row.get("ms", row.get("ms_per_update")), "bound_ms": row.get("bound_ms"),
+                          "wall": wall_times(run_dirs)["median"],
+                          "shared": any(d.parents[2].name.startswith("ch8") for d in run_dirs)})
+        return table
+
     def best_scores(self, raw: Mapping[str, np.ndarray]) -> np.ndarray:
         """Each task's best score ``(tasks,)``: ``Task.best``, or where that is NaN, the highest mean over seeds
         of any contender in ``raw`` (label -> raw scores, as :meth:`raw_scores`)."""

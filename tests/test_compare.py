@@ -514,3 +514,17 @@ def test_find_run_skips_a_run_in_progress(tmp_path, rows):
     run_dir.mkdir(parents=True)
     (run_dir / "eval.csv").write_text("step,mean_return,std_return,episodes\n" + rows)
     assert compare.find_run(tmp_path, ["e"], "dqn", TASK, 0) is None
+
+
+def test_suite_costs_read_benchmarks_and_flag_this_chapters_runs(tmp_path):
+    make_run(tmp_path, "ch2-pomdp", "dqn", "CartPole-v1", 0, [1.0, 2.0])  # wall 10 s
+    make_run(tmp_path, "ch8-pomdp", "dqn", "CartPole-v1", 1, [1.0, 2.0])  # wall 11 s, made by chapter 8
+    make_run(tmp_path, "ch2-pomdp", "drqn", "CartPole-v1", 0, [1.0, 2.0])
+    suite = Suite("s", (TASK,), (Contender("DQN", "dqn", "Q", ""), Contender("DRQN", "drqn", "Q", "")),
+                  ("ch2-pomdp", "ch8-pomdp"), (0, 1), ())
+    rows = [{"algo": "dqn", "env_id": "CartPole-v1", "overrides": {}, "parameters": 5, "ms": 2.0, "bound_ms": 0.5},
+            {"algo": "drqn", "env_id": "CartPole-v1", "overrides": {}, "parameters": 7, "ms_per_update": 3.0}]
+    dqn, drqn = suite.costs(tmp_path, rows, ["CartPole-v1"], "toy")
+    assert dqn == {"label": "DQN", "parameters": 5, "ms": 2.0, "bound_ms": 0.5, "wall": 10.5, "shared": True}
+    assert drqn == {"label": "DRQN", "parameters": 7, "ms": 3.0, "bound_ms": None, "wall": 10.0, "shared": False}
+    assert suite.costs(tmp_path, [], ["CartPole-v1"], "toy")[0]["ms"] is None
