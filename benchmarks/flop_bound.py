@@ -225,7 +225,7 @@ def main() -> None:
     print(f"{'env':22s} {'agent':15s} {'params':>9s} {'MFLOP':>8s} {'GFLOP/s':>8s} {'bound ms':>8s} {'ms':>8s} "
           f"{'ratio':>6s} {'ms@best':>8s}"
           + (f" {'compiled':>8s} {'ratio':>6s} {'ms@best':>8s} {'compile s':>9s}" if args.compile else ""))
-    rows = []
+    rows, saved = [], None
     for label, algo, env_id, overrides in CASES:
         if only and algo not in only:
             continue
@@ -256,11 +256,12 @@ def main() -> None:
                      f"{row['compile_s']:9.1f}")
         print(line, flush=True)
         rows.append({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()})
+        if args.save:  # after every agent: an interrupted run keeps what it measured
+            saved = save_benchmark("flop_bound_compiled" if args.compile else "flop_bound", rows, torch.device("cpu"),
+                                   Path(__file__).resolve().parents[1] / "results" / "benchmarks", matmul=MATMUL,
+                                   one_update="replay agents: agent.update; actor-critic: one minibatch step")
     if args.save:
-        out = Path(__file__).resolve().parents[1] / "results" / "benchmarks"
-        name = "flop_bound_compiled" if args.compile else "flop_bound"
-        print("saved", save_benchmark(name, rows, torch.device("cpu"), out, matmul=MATMUL,
-                                      one_update="replay agents: agent.update; actor-critic: one minibatch step"))
+        print("saved", saved)
 
 
 if __name__ == "__main__":
