@@ -70,6 +70,8 @@ CASES: list[tuple[str, str, str, dict[str, Any]]] = [
     ("PPO", "ppo", "CartPole-v1", {}),
     ("PPO-LSTM", "ppo-lstm", "CartPole-v1", {"hide": (1, 3)}),
     ("PPO-attn", "ppo-attn", "CartPole-v1", {"hide": (1, 3)}),
+    ("PPO, 4 stacked", "ppo", "CartPole-v1", {"hide": (1, 3), "frame_stack": 4}),
+    ("PPO-attn critic", "ppo-attn", "CartPole-v1", {"hide": (1, 3), "attend": "critic"}),
     ("PPO-memory", "ppo-memory", "CueRecall-D16-v0",
      {"memory": 1024, "n_steps": 18, "batch_size": 144, "n_epochs": 4}),
     ("PPO-hmemory", "ppo-hmemory", "CueRecall-D64-v0",
