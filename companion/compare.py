@@ -176,9 +176,9 @@ class Suite:
               ) -> list[dict[str, object]]:
         """One dict per contender: ``label``, ``parameters``, ``ms`` per update and its FLOP ``bound_ms`` (from
         the first benchmark row of :meth:`Contender.benchmark` on ``env_ids``; None where none is stored), and the
-        median ``wall`` seconds of its runs on the task named ``task``, with ``shared``: True where one of those
-        runs is this chapter's (``ch8-*``), made while other work shared the machine (their wall times are
-        inflated)."""
+        median ``wall`` seconds of its ``runs`` on the task named ``task`` (NaN where there are none), with
+        ``shared``: True where one of those runs is this chapter's (``ch8-*``), made while other work shared the
+        machine (their wall times are inflated)."""
         rows = list(rows)
         table = []
         for contender in self.contenders:
@@ -186,7 +186,7 @@ class Suite:
             run_dirs = self.run_dirs(root, contender.label, task)
             table.append({"label": contender.label, "parameters": row.get("parameters"),
                           "ms": row.get("ms", row.get("ms_per_update")), "bound_ms": row.get("bound_ms"),
-                          "wall": wall_times(run_dirs)["median"],
+                          "wall": wall_times(run_dirs)["median"], "runs": len(run_dirs),
                           "shared": any(d.parents[2].name.startswith("ch8") for d in run_dirs)})
         return table
 

@@ -525,6 +525,8 @@ def test_suite_costs_read_benchmarks_and_flag_this_chapters_runs(tmp_path):
     rows = [{"algo": "dqn", "env_id": "CartPole-v1", "overrides": {}, "parameters": 5, "ms": 2.0, "bound_ms": 0.5},
             {"algo": "drqn", "env_id": "CartPole-v1", "overrides": {}, "parameters": 7, "ms_per_update": 3.0}]
     dqn, drqn = suite.costs(tmp_path, rows, ["CartPole-v1"], "toy")
-    assert dqn == {"label": "DQN", "parameters": 5, "ms": 2.0, "bound_ms": 0.5, "wall": 10.5, "shared": True}
-    assert drqn == {"label": "DRQN", "parameters": 7, "ms": 3.0, "bound_ms": None, "wall": 10.0, "shared": False}
+    assert dqn == {"label": "DQN", "parameters": 5, "ms": 2.0, "bound_ms": 0.5, "wall": 10.5, "runs": 2,
+                   "shared": True}
+    assert drqn == {"label": "DRQN", "parameters": 7, "ms": 3.0, "bound_ms": None, "wall": 10.0, "runs": 1,
+                    "shared": False}
     assert suite.costs(tmp_path, [], ["CartPole-v1"], "toy")[0]["ms"] is None
