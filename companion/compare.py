@@ -174,7 +174,8 @@ class Suite:
 
     def costs(self, root: str | Path, rows: Iterable[Mapping], env_ids: Sequence[str], task: str,
               ) -> list[dict[str, object]]:
-        """One dict per contender: ``label``, ``parameters``, ``ms`` per update and its FLOP ``bound_ms`` (from
+        """One dict per contender: ``label``, ``parameters``, ``ms`` per update, its FLOP ``bound_ms`` and their
+        ``ratio`` as the benchmark computed it (from
         the first benchmark row of :meth:`Contender.benchmark` on ``env_ids``; None where none is stored), and the
         median ``wall`` seconds of its ``runs`` on the task named ``task`` (NaN where there are none), with
         ``shared``: True where one of those runs is this chapter's (``ch8-*``), made while other work shared the
@@ -186,6 +187,7 @@ class Suite:
             run_dirs = self.run_dirs(root, contender.label, task)
             table.append({"label": contender.label, "parameters": row.get("parameters"),
                           "ms": row.get("ms", row.get("ms_per_update")), "bound_ms": row.get("bound_ms"),
+                          "ratio": row.get("ratio"),
                           "wall": wall_times(run_dirs)["median"], "runs": len(run_dirs),
                           "shared": any(d.parents[2].name.startswith("ch8") for d in run_dirs)})
         return table

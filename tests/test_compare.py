@@ -522,11 +522,12 @@ def test_suite_costs_read_benchmarks_and_flag_this_chapters_runs(tmp_path):
     make_run(tmp_path, "ch2-pomdp", "drqn", "CartPole-v1", 0, [1.0, 2.0])
     suite = Suite("s", (TASK,), (Contender("DQN", "dqn", "Q", ""), Contender("DRQN", "drqn", "Q", "")),
                   ("ch2-pomdp", "ch8-pomdp"), (0, 1), ())
-    rows = [{"algo": "dqn", "env_id": "CartPole-v1", "overrides": {}, "parameters": 5, "ms": 2.0, "bound_ms": 0.5},
+    rows = [{"algo": "dqn", "env_id": "CartPole-v1", "overrides": {}, "parameters": 5, "ms": 2.0, "bound_ms": 0.5,
+             "ratio": 3.9},
             {"algo": "drqn", "env_id": "CartPole-v1", "overrides": {}, "parameters": 7, "ms_per_update": 3.0}]
     dqn, drqn = suite.costs(tmp_path, rows, ["CartPole-v1"], "toy")
-    assert dqn == {"label": "DQN", "parameters": 5, "ms": 2.0, "bound_ms": 0.5, "wall": 10.5, "runs": 2,
-                   "shared": True}
-    assert drqn == {"label": "DRQN", "parameters": 7, "ms": 3.0, "bound_ms": None, "wall": 10.0, "runs": 1,
-                    "shared": False}
+    assert dqn == {"label": "DQN", "parameters": 5, "ms": 2.0, "bound_ms": 0.5, "ratio": 3.9, "wall": 10.5,
+                   "runs": 2, "shared": True}
+    assert drqn == {"label": "DRQN", "parameters": 7, "ms": 3.0, "bound_ms": None, "ratio": None, "wall": 10.0,
+                    "runs": 1, "shared": False}
     assert suite.costs(tmp_path, [], ["CartPole-v1"], "toy")[0]["ms"] is None
