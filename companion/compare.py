@@ -437,7 +437,9 @@ def interval_estimates(scores: Mapping[str, np.ndarray], reps: int = 2000, seed:
     Args:
         scores: agent -> normalised scores ``(runs, tasks)``, no NaN.
         reps: bootstrap resamples (Agarwal et al. use 50,000; 2,000 keeps the book's cells quick).
-        seed: seeds the bootstrap (numpy's global generator, restored afterwards: see the module's note).
+        seed: seeds the bootstrap (numpy's global generator, restored afterwards: see ``_seeded_bootstrap``),
+            once per call: the agents draw their resamples one after the other, so an agent's interval can
+            differ slightly with the other agents in the same call.
 
     Returns:
         agent -> metric (``"IQM"``, ``"mean"``, ``"median"``, ``"optimality gap"``) -> (estimate, low, high).

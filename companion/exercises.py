@@ -543,7 +543,8 @@ def check_masked_td_loss(fn: Callable[..., object]) -> bool:
 # Chapter 8: aggregate metrics over runs and tasks
 # --------------------------------------------------------------------------------------------------
 def _scores_case() -> tuple[Tensor, Tensor]:
-    """Two score matrices ``(runs, tasks)``: X (3 runs x 5 tasks) and Y (4 runs x 5 tasks), with 3 ties on a task.
+    """Two score matrices ``(runs, tasks)``: X (3 runs x 5 tasks) and Y (4 runs x 5 tasks), with a tie on each
+    of three tasks.
 
     Chosen so that every mistake the checks name gives a value of its own: the IQM, the median, the mean, the
     quarter rounded up, each task's IQM averaged, the IQM of the per-task means; P(X > Y) with ties as halves,
@@ -569,9 +570,9 @@ def check_iqm(fn: Callable[[Tensor], object]) -> bool:
     ordered = x.flatten().sort().values
     k = len(ordered) // 4
     expected = ordered[k:len(ordered) - k].mean()
-    per_task = x.sort(0).values[1:-1].mean(0).mean()  # each task's IQM over its 5 runs, then averaged
+    per_task = x.sort(0).values[1:-1].mean(0).mean()  # each task's median of its 3 runs, then averaged
     task_means = x.mean(0).sort().values
-    mistakes = {"each task's IQM over its runs, averaged over tasks: the IQM pools runs and tasks first":
+    mistakes = {"each task's median over its runs, averaged over tasks: the IQM pools runs and tasks first":
                 per_task,
                 "the mean of all values: nothing trimmed": x.mean(),
                 "the median, not the interquartile mean": ordered.median(),

@@ -201,7 +201,7 @@ def test_check_iqm_and_improvement_name_each_mistake(capsys):
     assert not exercises.check_iqm(lambda s: s.mean())
     assert "nothing trimmed" in capsys.readouterr().out
     assert not exercises.check_iqm(lambda s: s.sort(0).values[1:-1].mean(0).mean())
-    assert "each task's IQM" in capsys.readouterr().out
+    assert "each task's median" in capsys.readouterr().out
     assert not exercises.check_probability_of_improvement(lambda a, b: (a.mean(0) > b.mean(0)).double().mean())
     assert "fraction of tasks" in capsys.readouterr().out
     assert not exercises.check_probability_of_improvement(
