@@ -516,7 +516,7 @@ class ActorCriticAgent(Agent):
                                               fused=config.fused_adam or None)
         self.progress_remaining = 1.0
         #: what :meth:`evaluate_batch` calls: the network's ``forward`` and ``sequence``, or with :meth:`compile`
-        #: their ``torch.compile`` wrappers (same parameters); acting and checkpoints use :attr:`net`
+        #: their ``torch.compile`` wrappers (same parameters); acting and checkpoints use ``net``
         self.forward_fn: Any = self.net
         self.sequence_fn: Any = self.net.sequence
 

@@ -510,8 +510,8 @@ class QAgent(Agent):
 
     @abstractmethod
     def loss(self, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
-        """The TD loss on a batch from this agent's buffer, and scalars to log (through :attr:`q_fn` and
-        :attr:`target_fn`)."""
+        """The TD loss on a batch from this agent's buffer, and scalars to log (through ``q_fn`` and
+        ``target_fn``)."""
 
     def compile(self) -> None:
         """``torch.compile`` the online and target networks for :meth:`loss` (:meth:`Agent.compile`)."""
