@@ -351,8 +351,9 @@ def test_a_failing_run_is_listed_with_its_error_and_does_not_stop_the_others(tmp
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("failed       results/tiny/dqn-bad/CartPole-v1/seed0: exit status 2: error: unknown "
                                "setting 'no_such_setting'")
-    assert lines[1:] == ["done         results/tiny/dqn/CartPole-v1/seed0",
-                         "2 runs: 1 done, 0 running?, 0 interrupted, 1 failed, 0 not started"]
+    assert lines[1:3] == ["done         results/tiny/dqn/CartPole-v1/seed0",
+                          "2 runs: 1 done, 0 running?, 0 interrupted, 1 failed, 0 not started"]
+    assert len(lines) == 4 and lines[3].startswith("wall time of the 1 done runs (meta.json): ")  # the failed run: none
     # The CLI's exit status says that not every run is done; a failed run is tried again.
     assert main(["sweep", str(path)]) == 1
     out = capsys.readouterr().out
